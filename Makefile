@@ -1,0 +1,39 @@
+# Set-up is part of every target: venv, Python deps, Docker engine (installed/started if absent), test image.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup docker run serve test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) docker
+
+docker:
+	bash scripts/setup-docker.sh
+
+## serve the worker with a local Prefect server (UI on :4200) and print the URLs
+run: setup
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/cicd-worker serve
+
+serve: run
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+## lint, type-check and run the whole suite (real engine, real Prefect server, reference backend)
+test: setup lint
+	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python bench/job_latency.py
+	$(BIN)/python bench/planning.py
+
+clean:
+	rm -rf $(VENV) test-artifacts .pytest_cache .mypy_cache .ruff_cache

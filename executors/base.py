@@ -1,0 +1,66 @@
+"""The executor contract: how one job runs, independent of Prefect and of the backend.
+
+An :class:`Executor` runs one :class:`JobSpec` and returns a :class:`JobResult`:
+
+* ``run(spec, log_sink, cancel)`` blocks until the job ends. Every output line is passed to
+  ``log_sink`` as it comes, in order, without its trailing newline.
+* A non-zero exit, a timeout and a cancellation are *results*, not exceptions (``exit_code``,
+  ``timed_out``, ``canceled``). Exceptions mean the runner broke: subclasses of
+  :class:`executors.errors.InfrastructureError`.
+* ``cancel`` may be set at any moment (before start, during pull, after exit); the executor stops
+  the job promptly (SIGTERM, then SIGKILL after ``stop_grace_seconds``) and reports ``canceled``.
+* Cleanup always runs: whatever happens, nothing the executor created is left behind.
+* ``run`` is thread-safe: many jobs may run at once from different threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+LogSink = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything needed to run one job's script in a container."""
+
+    job_execution_id: str
+    name: str
+    image: str
+    script: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    working_dir: str = "/workspace"
+    timeout_seconds: float = 3600.0
+    pull_policy: str = "if-not-present"
+    network: str = "none"
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class JobResult:
+    """What happened to one run of a job."""
+
+    exit_code: int | None
+    started_at: datetime
+    finished_at: datetime
+    timed_out: bool = False
+    canceled: bool = False
+    log_bytes: int = 0
+
+    @property
+    def succeeded(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and not self.canceled
+
+    @property
+    def duration_seconds(self) -> float:
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+class Executor(Protocol):
+    """Runs jobs; see the module docstring for the contract."""
+
+    def run(self, spec: JobSpec, log_sink: LogSink, cancel: threading.Event) -> JobResult: ...

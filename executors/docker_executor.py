@@ -1,0 +1,241 @@
+"""DockerExecutor: runs a job's script in a fresh container through docker-py.
+
+Contract (see ``executors.base``): one container per run, labelled with
+``cicd.job-execution-id`` and ``cicd.worker-id`` so that other tools and the start-up sweep can find
+it; output streamed line by line as it comes; timeout and cancel stop the container with SIGTERM, then
+SIGKILL after the grace period (containers run with an init process so SIGTERM reaches the script);
+the container is always removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.models.containers import Container
+
+from executors.base import JobResult, JobSpec, LogSink
+from executors.errors import ContainerLost, EngineUnavailable, ImageUnavailable
+from executors.script import build_shell_script
+
+log = logging.getLogger(__name__)
+
+LABEL_JOB = "cicd.job-execution-id"
+LABEL_WORKER = "cicd.worker-id"
+_WAIT_STEP_SECONDS = 0.5
+
+
+class LineSplitter:
+    """Re-joins byte chunks into lines (docker splits long lines into 16 KiB frames)."""
+
+    def __init__(self, sink: LogSink) -> None:
+        self._sink = sink
+        self._pending = b""
+        self.total_bytes = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.total_bytes += len(chunk)
+        data = self._pending + chunk
+        *lines, self._pending = data.split(b"\n")
+        for line in lines:
+            self._sink(line.decode("utf-8", errors="replace"))
+
+    def close(self) -> None:
+        if self._pending:
+            self._sink(self._pending.decode("utf-8", errors="replace"))
+            self._pending = b""
+
+
+class DockerExecutor:
+    """Runs jobs in Docker containers; at most ``max_containers`` at once across all threads."""
+
+    def __init__(self, worker_id: str, *, max_containers: int = 4, stop_grace_seconds: float = 10.0,
+                 pull_timeout_seconds: float = 300.0, client: docker.DockerClient | None = None) -> None:
+        self.worker_id = worker_id
+        self.stop_grace_seconds = stop_grace_seconds
+        self.pull_timeout_seconds = pull_timeout_seconds
+        self._slots = threading.BoundedSemaphore(max_containers)
+        self._client = client
+        self._client_lock = threading.Lock()
+
+    @property
+    def client(self) -> docker.DockerClient:
+        """The engine client, made on first use (pool sized for many concurrent jobs)."""
+        with self._client_lock:
+            if self._client is None:
+                try:
+                    self._client = docker.from_env(max_pool_size=64, timeout=60)
+                except docker.errors.DockerException as exc:
+                    raise EngineUnavailable(f"Docker engine unreachable: {exc}") from exc
+            return self._client
+
+    def ping(self) -> None:
+        """Raise :class:`EngineUnavailable` unless the engine answers."""
+        try:
+            self.client.ping()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise EngineUnavailable(f"Docker engine unreachable: {exc}") from exc
+
+    def run(self, spec: JobSpec, log_sink: LogSink, cancel: threading.Event) -> JobResult:
+        """Run ``spec`` to the end; see the module docstring."""
+        started = datetime.now(UTC)
+        if not self._acquire_slot(cancel):
+            return JobResult(exit_code=None, started_at=started, finished_at=datetime.now(UTC), canceled=True)
+        try:
+            return self._run_in_slot(spec, log_sink, cancel, started)
+        finally:
+            self._slots.release()
+
+    def _acquire_slot(self, cancel: threading.Event) -> bool:
+        while not cancel.is_set():
+            if self._slots.acquire(timeout=0.2):
+                return True
+        return False
+
+    def _run_in_slot(self, spec: JobSpec, log_sink: LogSink, cancel: threading.Event,
+                     started: datetime) -> JobResult:
+        try:
+            self.ensure_image(spec.image, spec.pull_policy)
+            if cancel.is_set():
+                return JobResult(None, started, datetime.now(UTC), canceled=True)
+            container = self._create(spec)
+        except docker.errors.APIError as exc:
+            raise EngineUnavailable(f"Docker engine error: {exc.explanation or exc}") from exc
+        except requests.exceptions.ConnectionError as exc:
+            raise EngineUnavailable(f"Docker engine unreachable: {exc}") from exc
+        try:
+            return self._supervise(container, spec, log_sink, cancel)
+        finally:
+            self._remove(container)
+
+    def ensure_image(self, image: str, policy: str) -> None:
+        """Make ``image`` present under ``policy`` or raise :class:`ImageUnavailable` naming it."""
+        if policy != "always":
+            try:
+                self.client.images.get(image)
+                return
+            except docker.errors.ImageNotFound:
+                if policy == "never":
+                    raise ImageUnavailable(
+                        f"image {image!r} is not present on this worker and the pull policy 'never' "
+                        "forbids pulling it") from None
+        self._pull(image)
+
+    def _pull(self, image: str) -> None:
+        # The high-level pull hides errors that arrive inside the progress stream: read it ourselves.
+        repository, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "")
+        try:
+            for line in self.client.api.pull(repository or image, tag=tag or "latest", stream=True,
+                                             decode=True):
+                if isinstance(line, dict) and line.get("error"):
+                    raise ImageUnavailable(f"could not pull image {image!r}: {line['error']}")
+        except docker.errors.APIError as exc:
+            raise ImageUnavailable(f"could not pull image {image!r}: {exc.explanation or exc}") from exc
+
+    def _create(self, spec: JobSpec) -> Container:
+        labels = {**spec.labels, LABEL_JOB: spec.job_execution_id, LABEL_WORKER: self.worker_id}
+        return self.client.containers.create(
+            spec.image,
+            entrypoint=["/bin/sh", "-c"],
+            command=[build_shell_script(spec.script)],
+            working_dir=spec.working_dir,
+            environment=spec.env,
+            labels=labels,
+            init=True,
+            network_mode=spec.network,
+            security_opt=["no-new-privileges"],
+            detach=True,
+        )
+
+    def _supervise(self, container: Container, spec: JobSpec, log_sink: LogSink,
+                   cancel: threading.Event) -> JobResult:
+        splitter = LineSplitter(log_sink)
+        # Attach before start so that no early output is missed; the stream ends when the container exits.
+        stream = container.attach(stdout=True, stderr=True, stream=True, logs=True)
+        pump = threading.Thread(target=_pump, args=(stream, splitter), name=f"logs-{spec.name}", daemon=True)
+        pump.start()
+        container.start()
+        started = datetime.now(UTC)
+        exit_code, timed_out, canceled = self._wait(container, spec.timeout_seconds, cancel)
+        pump.join(timeout=self.stop_grace_seconds + 5)
+        splitter.close()
+        return JobResult(exit_code=exit_code, started_at=started, finished_at=datetime.now(UTC),
+                         timed_out=timed_out, canceled=canceled, log_bytes=splitter.total_bytes)
+
+    def _wait(self, container: Container, timeout: float, cancel: threading.Event
+              ) -> tuple[int | None, bool, bool]:
+        deadline = _monotonic() + timeout
+        while True:
+            code = self._wait_step(container)
+            if code is not None:
+                return code, False, False
+            if cancel.is_set():
+                return self._stop(container), False, True
+            if _monotonic() >= deadline:
+                return self._stop(container), True, False
+
+    def _wait_step(self, container: Container) -> int | None:
+        try:
+            return int(container.wait(timeout=_WAIT_STEP_SECONDS)["StatusCode"])
+        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as exc:
+            # docker-py reports a wait timeout as ConnectionError(ReadTimeoutError): not a dead engine.
+            if _is_read_timeout(exc):
+                return None
+            raise EngineUnavailable(f"lost the Docker engine while the job ran: {exc}") from exc
+        except docker.errors.NotFound as exc:
+            raise ContainerLost(f"container of the job disappeared: {exc.explanation or exc}") from exc
+
+    def _stop(self, container: Container) -> int | None:
+        try:
+            container.stop(timeout=int(max(self.stop_grace_seconds, 0)))
+            return int(container.wait(timeout=self.stop_grace_seconds + 10)["StatusCode"])
+        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+            log.warning("stopping container %s failed: %s", container.short_id, exc)
+            return None
+
+    def _remove(self, container: Container) -> None:
+        try:
+            container.remove(force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+            log.error("could not remove container %s: %s", container.short_id, exc)
+
+    def remove_labelled(self, **label_values: str) -> int:
+        """Force-remove every container with our labels (and the given label values); returns the count."""
+        filters = [f"{LABEL_WORKER}={self.worker_id}"] + [f"{k}={v}" for k, v in label_values.items()]
+        removed = 0
+        for container in self.client.containers.list(all=True, filters={"label": filters}):
+            self._remove(container)
+            removed += 1
+        return removed
+
+
+def _pump(stream: Iterator[bytes], splitter: LineSplitter) -> None:
+    try:
+        for chunk in stream:
+            splitter.feed(chunk)
+    except Exception as exc:  # the stream dies with the engine; the wait loop reports that
+        log.warning("log stream ended early: %s", exc)
+
+
+def _is_read_timeout(exc: BaseException) -> bool:
+    text = repr(exc)
+    return isinstance(exc, requests.exceptions.ReadTimeout) or "Read timed out" in text
+
+
+def _monotonic() -> float:
+    import time
+
+    return time.monotonic()
+
+
+def spec_labels(extra: dict[str, Any] | None = None) -> dict[str, str]:
+    """Extra labels as strings (docker requires string values)."""
+    return {k: str(v) for k, v in (extra or {}).items()}

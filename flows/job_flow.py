@@ -1,0 +1,66 @@
+"""The execute-job flow: wait for dependencies, run the container task, report back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run as runtime_flow_run
+from prefect.states import Cancelled, Failed
+
+from executors.errors import WorkerError
+from flows.dependencies import wait_for_dependencies
+from flows.job_log import JobLog
+from flows.job_task import job_task, new_job_run
+from flows.reporting import JobReporter
+from flows.runtime import get_backend, get_registry
+from worker_api.models import ExecutionStatus, JobExecutionDTO
+from worker_api.settings import get_settings
+
+
+def job_run_name(job: JobExecutionDTO) -> str:
+    """Flow run name that reads well in the Prefect UI."""
+    return f"job {job.job.name} [{str(job.id)[:8]}]"
+
+
+def job_tags(job: JobExecutionDTO) -> list[str]:
+    """Prefect tags: pipeline run, stage and commit where known."""
+    tags = ["cicd-job"]
+    if job.pipeline_execution_id:
+        tags.append(f"pipeline:{job.pipeline_execution_id}")
+    if job.stage_order is not None:
+        tags.append(f"stage:{job.stage_order}")
+    if job.commit_hash:
+        tags.append(f"commit:{job.commit_hash[:12]}")
+    return tags
+
+
+def _flow_run_name() -> str:
+    return job_run_name(JobExecutionDTO.model_validate(runtime_flow_run.parameters["job_execution"]))
+
+
+@flow(name="execute-job", flow_run_name=_flow_run_name, persist_result=False, validate_parameters=False)
+def execute_job(job_execution: dict[str, Any]) -> Any:
+    """Run one job execution (a JobExecutionDTO as JSON) after its dependencies; report to the backend."""
+    job = JobExecutionDTO.model_validate(job_execution)
+    settings, backend = get_settings(), get_backend()
+    record, _ = get_registry().claim(job.id, job.job.name, job.pipeline_execution_id)
+    record.flow_run_id = record.flow_run_id or runtime_flow_run.id
+    reporter = JobReporter(job, record, backend, JobLog(settings.log_tail_bytes))
+    try:
+        blocked = wait_for_dependencies(job.id, backend, reporter.log, record.cancel,
+                                        poll_seconds=settings.dependency_poll_seconds,
+                                        timeout_seconds=settings.dependency_timeout_seconds)
+    except WorkerError as exc:
+        reporter.log.note(f"job not run: {exc}")
+        reporter.final(ExecutionStatus.FAILED, message=str(exc))
+        return Failed(message=str(exc))
+    if blocked:
+        reporter.log.note(blocked)
+        reporter.final(ExecutionStatus.CANCELED, message=blocked)
+        return Cancelled(message=blocked)
+    run = new_job_run(job, reporter, settings)
+    state = job_task(run, settings, tags=job_tags(job))(run, return_state=True)
+    if not reporter.final_sent:  # a hook that crashed must not leave the backend waiting
+        reporter.final(ExecutionStatus.FAILED, message=f"task ended {state.name} without a report")
+    return state

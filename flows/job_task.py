@@ -1,0 +1,154 @@
+"""The Prefect task that runs one job's container, with its retry rule and reporting hooks.
+
+Used by both the execute-job flow and the execute-pipeline flow.
+
+Retries: infrastructure failures are retried up to ``WORKER_MAX_RETRIES`` times (or the job's own
+``retries``); a script's own failure (non-zero exit, timeout) only when the job sets ``retries``.
+Hooks: ``on_running`` reports ``RUNNING`` on every attempt, ``on_completion``/``on_failure`` report the
+final status with the log (they fire once, after the last attempt).
+"""
+
+from __future__ import annotations
+
+import functools
+import posixpath
+import threading
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+from prefect.states import State
+
+from executors.base import JobResult, JobSpec
+from executors.errors import InfrastructureError, JobFailure, JobTimedOut, ScriptFailed, is_retryable
+from flows.job_log import JobLog
+from flows.reporting import JobReporter, hook_attempt
+from flows.runtime import get_executor
+from worker_api.models import ExecutionStatus, JobExecutionDTO
+from worker_api.settings import Settings
+
+
+class JobRun:
+    """One job execution in flight: its spec, log, reporter and cancel switch.
+
+    A plain class, not a dataclass: Prefect walks dataclass task parameters looking for futures.
+    """
+
+    def __init__(self, job: JobExecutionDTO, spec: JobSpec, reporter: JobReporter,
+                 cancel: threading.Event, retries: int, script_retries: bool) -> None:
+        self.job = job
+        self.spec = spec
+        self.reporter = reporter
+        self.log: JobLog = reporter.log
+        self.cancel = cancel
+        self.retries = retries
+        self.script_retries = script_retries
+        self.result: JobResult | None = None
+
+
+def job_spec(job: JobExecutionDTO, settings: Settings, labels: dict[str, str] | None = None) -> JobSpec:
+    """The container spec of a job execution under the worker's settings."""
+    working_dir = job.job.working_dir or settings.default_working_dir
+    if not working_dir.startswith("/"):
+        working_dir = posixpath.join(settings.default_working_dir, working_dir)
+    return JobSpec(
+        job_execution_id=str(job.id), name=job.job.name, image=job.job.docker_image,
+        script=tuple(job.job.script), env=dict(job.job.env or {}), working_dir=posixpath.normpath(working_dir),
+        timeout_seconds=float(job.job.timeout_seconds or settings.job_timeout_seconds),
+        pull_policy=settings.pull_policy, network=settings.docker_network, labels=dict(labels or {}),
+    )
+
+
+def new_job_run(job: JobExecutionDTO, reporter: JobReporter, settings: Settings,
+                labels: dict[str, str] | None = None) -> JobRun:
+    explicit = job.job.retries
+    return JobRun(job, job_spec(job, settings, labels), reporter, reporter.record.cancel,
+                  retries=settings.max_retries if explicit is None else explicit,
+                  script_retries=bool(explicit))
+
+
+@task(name="run-container", cache_policy=NO_CACHE, persist_result=False)
+def run_container(run: JobRun) -> dict[str, Any]:
+    """Run the job's container once; raise on failure so that Prefect's retry rule applies."""
+    context = TaskRunContext.get()
+    attempt = context.task_run.run_count if context else 1
+    if attempt > 1:
+        run.log.note(f"attempt {attempt} of {run.retries + 1}")
+    run.log.forward_to(get_run_logger())
+    try:
+        result = get_executor().run(run.spec, run.log.line, run.cancel)
+    except InfrastructureError as exc:
+        run.log.note(f"infrastructure failure: {exc}")
+        raise
+    finally:
+        run.log.forward_to(None)
+    run.result = result
+    return _judge(run, result)
+
+
+def _judge(run: JobRun, result: JobResult) -> dict[str, Any]:
+    """Turn a finished container into a return value or a job failure."""
+    summary = {"exitCode": result.exit_code, "durationSeconds": round(result.duration_seconds, 3)}
+    if result.canceled:
+        run.log.note("canceled")
+        return {**summary, "canceled": True}
+    failure: JobFailure | None = None
+    if result.timed_out:
+        failure = JobTimedOut(run.spec.timeout_seconds)
+    elif result.exit_code != 0:
+        failure = ScriptFailed(result.exit_code if result.exit_code is not None else -1)
+    if failure is None:
+        run.log.note("job succeeded")
+        return summary
+    run.log.note(f"job failed: {failure}")
+    if run.job.allows_failure:
+        run.log.note("failure allowed (allowFailure): reported as SUCCESS")
+        return {**summary, "allowedFailure": True}
+    raise failure
+
+
+def _should_retry(run: JobRun, task: Any, task_run: Any, state: State) -> bool:
+    try:
+        state.result()
+    except JobFailure:
+        retry = run.script_retries
+    except Exception as exc:
+        retry = is_retryable(exc)
+    else:
+        return False
+    if retry:
+        run.log.note(f"attempt {hook_attempt(task_run)} failed; retrying")
+    return retry
+
+
+def _on_running(run: JobRun, task: Any, task_run: Any, state: State) -> None:
+    run.reporter.running(hook_attempt(task_run))
+
+
+def _on_completion(run: JobRun, task: Any, task_run: Any, state: State) -> None:
+    result = run.result
+    if result is not None and result.canceled:
+        run.reporter.final(ExecutionStatus.CANCELED, exit_code=result.exit_code, message="canceled")
+        return
+    run.reporter.final(ExecutionStatus.SUCCESS, exit_code=result.exit_code if result else None)
+
+
+def _on_failure(run: JobRun, task: Any, task_run: Any, state: State) -> None:
+    exit_code = run.result.exit_code if run.result else None
+    run.reporter.final(ExecutionStatus.FAILED, exit_code=exit_code, message=state.message)
+
+
+def job_task(run: JobRun, settings: Settings, tags: list[str] | None = None) -> Any:
+    """``run_container`` configured for this job: name, retries, retry rule and reporting hooks."""
+    bind = functools.partial
+    return run_container.with_options(
+        task_run_name=run.job.job.name,
+        retries=run.retries,
+        retry_delay_seconds=settings.retry_delay_seconds,
+        retry_condition_fn=bind(_should_retry, run),
+        on_running=[bind(_on_running, run)],
+        on_completion=[bind(_on_completion, run)],
+        on_failure=[bind(_on_failure, run)],
+        tags=tags,
+    )

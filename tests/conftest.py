@@ -1,0 +1,94 @@
+"""Session fixtures: one real Prefect server, the reference backend over HTTP, a real worker process.
+
+The Prefect server is started in ``pytest_configure``, before any test module imports prefect, because
+Prefect reads ``PREFECT_API_URL`` when it is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.support import REPO, TEST_IMAGE, Backend, WorkerProcess, free_port
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="cicd-tests-"))
+ARTIFACT_DIR = REPO / "test-artifacts"
+WORKER_ID = f"test-worker-{uuid.uuid4().hex[:8]}"
+_server = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _server
+    os.environ.setdefault("PREFECT_HOME", str(_SESSION_DIR / "prefect-home"))
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+    os.environ["WORKER_ID"] = WORKER_ID
+    os.environ["WORKER_PULL_POLICY"] = "never"  # no registry here: a pull must never be attempted
+    os.environ["WORKER_STATE_DIR"] = str(_SESSION_DIR / "state")
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    from worker_api.prefect_server import LocalPrefectServer
+
+    ARTIFACT_DIR.mkdir(exist_ok=True)
+    _server = LocalPrefectServer(port=free_port(), log_path=ARTIFACT_DIR / "prefect-server.log")
+    _server.start(timeout=240)
+    os.environ["PREFECT_API_URL"] = _server.api_url
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _server is not None:
+        _server.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    client = docker.from_env()
+    client.ping()
+    client.images.get(TEST_IMAGE)  # built by scripts/setup-docker.sh
+    yield client
+    leftovers = client.containers.list(all=True, filters={"label": f"cicd.worker-id={WORKER_ID}"})
+    for container in leftovers:
+        container.remove(force=True)
+    assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"
+
+
+@pytest.fixture(scope="session")
+def backend() -> Iterator[Backend]:
+    from reference_backend.server import BackendServer
+
+    with BackendServer(_SESSION_DIR / "backend") as server:
+        yield Backend(server.url)
+
+
+def worker_env(backend: Backend, **extra: str) -> dict[str, str]:
+    return {"WORKER_BACKEND_URL": backend.api_url, "WORKER_RETRY_DELAY_SECONDS": "0.5",
+            "WORKER_DEPENDENCY_POLL_SECONDS": "0.3", "WORKER_STOP_GRACE_SECONDS": "2",
+            "WORKER_BACKEND_RETRY_SECONDS": "20", **extra}
+
+
+@pytest.fixture(scope="session")
+def worker(backend: Backend, docker_client: docker.DockerClient) -> Iterator[WorkerProcess]:
+    process = WorkerProcess(worker_env(backend), ARTIFACT_DIR / "worker.log").start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture()
+def make_worker(backend: Backend, docker_client: docker.DockerClient, tmp_path: Path) -> Iterator[object]:
+    """Start an extra worker process with its own settings; stopped after the test."""
+    started: list[WorkerProcess] = []
+
+    def start(expect_healthy: bool = True, **env: str) -> WorkerProcess:
+        process = WorkerProcess(worker_env(backend, **env), tmp_path / f"worker-{len(started)}.log")
+        started.append(process)
+        return process.start(expect_healthy=expect_healthy)
+
+    yield start
+    for process in started:
+        process.stop()

@@ -1,0 +1,106 @@
+"""The worker's HTTP API (backend → worker calls of ``CONTRACT.md``). Routes validate and hand off."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+
+from flows.runtime import get_registry
+from worker_api.dispatch import FlowDispatcher
+from worker_api.health import health_report
+from worker_api.models import ExecuteAccepted, JobExecutionDTO, JobView
+from worker_api.settings import get_settings
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def require_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """When ``WORKER_API_TOKEN`` is set, demand it as a bearer token (constant-time compare)."""
+    expected = get_settings().api_token
+    if expected is None:
+        return
+    given = credentials.credentials if credentials else ""
+    if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="missing or wrong bearer token",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+def _dispatcher(request: Request) -> FlowDispatcher:
+    return request.app.state.dispatcher
+
+
+Authorized = Depends(require_token)
+Dispatcher = Annotated[FlowDispatcher, Depends(_dispatcher)]
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """422 naming the first wrong field (``job.dockerImage``), with FastAPI's full detail beside it."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    first = errors[0] if errors else {}
+    field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+    message = f"{field}: {first.get('msg')}" if field else str(first.get("msg", "invalid request"))
+    detail = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors]
+    return JSONResponse(status_code=422, content={"error": message, "field": field, "detail": detail})
+
+
+def create_app(dispatcher: FlowDispatcher | None = None) -> FastAPI:
+    """The FastAPI application; the dispatcher is made at start-up unless one is given."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.dispatcher = dispatcher or FlowDispatcher()
+        yield
+        app.state.dispatcher.shutdown(wait=False)
+
+    app = FastAPI(title="cicd-worker", version="0.1.0", lifespan=lifespan,
+                  description="Runs CI/CD jobs in Docker containers as Prefect flow runs.")
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    _add_job_routes(app)
+    _add_worker_routes(app)
+    return app
+
+
+def _add_job_routes(app: FastAPI) -> None:
+    @app.post("/api/job/execute", status_code=202, response_model=ExecuteAccepted,
+              response_model_by_alias=True, dependencies=[Authorized],
+              responses={200: {"description": "already known: same ids, nothing started"}})
+    async def execute_job(job: JobExecutionDTO, dispatcher: Dispatcher) -> Any:
+        record, started = await run_in_threadpool(dispatcher.submit_job, job)
+        body = ExecuteAccepted(job_execution_id=record.job_execution_id, flow_run_id=record.flow_run_id)
+        return body if started else JSONResponse(status_code=200, content=body.to_wire())
+
+    @app.get("/api/job/{job_execution_id}", response_model=JobView, response_model_by_alias=True,
+             dependencies=[Authorized])
+    async def job_view(job_execution_id: UUID) -> Any:
+        record = get_registry().get(job_execution_id)
+        if record is None:
+            raise HTTPException(404, detail=f"job execution {job_execution_id} is not known to this worker")
+        return record.view()
+
+    @app.post("/api/job/{job_execution_id}/cancel", status_code=202, dependencies=[Authorized])
+    async def cancel_job(job_execution_id: UUID) -> dict[str, Any]:
+        record = get_registry().get(job_execution_id)
+        if record is None:
+            raise HTTPException(404, detail=f"job execution {job_execution_id} is not known to this worker")
+        record.cancel.set()
+        return {"jobExecutionId": str(job_execution_id), "status": record.status.value, "cancelRequested": True}
+
+
+def _add_worker_routes(app: FastAPI) -> None:
+    @app.get("/api/worker/config", dependencies=[Authorized])
+    async def worker_config() -> dict[str, Any]:
+        return get_settings().public_view()
+
+    @app.get("/api/worker/health")
+    async def worker_health() -> JSONResponse:
+        report, up = await run_in_threadpool(health_report)
+        return JSONResponse(status_code=200 if up else 503, content=report.model_dump(mode="json"))

@@ -1,0 +1,74 @@
+"""Turning accepted requests into Prefect flow runs executed in this process.
+
+The flow run is created first (state Pending) so that its id can be answered at once, then run by
+``prefect.flow_engine.run_flow`` on a dedicated thread pool (NOTES §3, option A). The container limit
+is enforced by the executor, not by this pool: flows waiting for dependencies hold no container slot.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from uuid import UUID
+
+from prefect import Flow
+from prefect.client.orchestration import get_client
+from prefect.flow_engine import run_flow
+from prefect.states import Pending
+
+from flows.job_flow import execute_job, job_run_name, job_tags
+from flows.runtime import JobRecord, get_registry
+from worker_api.models import ExecutionStatus, JobExecutionDTO
+
+log = logging.getLogger(__name__)
+
+_DISPATCH_WAIT_SECONDS = 30.0
+
+
+class FlowDispatcher:
+    """Starts flow runs for accepted jobs; idempotent per job execution id."""
+
+    def __init__(self, max_flows: int = 256) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max_flows, thread_name_prefix="flow")
+
+    def submit_job(self, job: JobExecutionDTO) -> tuple[JobRecord, bool]:
+        """Start the job's flow run unless this job execution is already known.
+
+        Returns the record and whether a new flow run was started.
+        """
+        record, created = get_registry().claim(job.id, job.job.name, job.pipeline_execution_id)
+        if not created:
+            record.dispatched.wait(_DISPATCH_WAIT_SECONDS)
+            return record, False
+        params = {"job_execution": job.model_dump(mode="json", by_alias=True)}
+        try:
+            flow_run_id = self._create_flow_run(execute_job, params, job_run_name(job), job_tags(job))
+        except Exception:
+            get_registry().forget(job.id)
+            raise
+        record.flow_run_id = flow_run_id
+        record.dispatched.set()
+        self._pool.submit(self._run, execute_job, flow_run_id, params, record)
+        return record, True
+
+    @staticmethod
+    def _create_flow_run(flow: Flow, params: dict[str, Any], name: str, tags: list[str]) -> UUID:
+        with get_client(sync_client=True) as client:
+            flow_run = client.create_flow_run(flow, parameters=params, name=name, tags=tags, state=Pending())
+        return flow_run.id
+
+    @staticmethod
+    def _run(flow: Flow, flow_run_id: UUID, params: dict[str, Any], record: JobRecord) -> None:
+        try:
+            with get_client(sync_client=True) as client:
+                flow_run = client.read_flow_run(flow_run_id)
+            run_flow(flow, flow_run=flow_run, parameters=params, return_type="state")
+        except BaseException as exc:  # noqa: BLE001 - a thread must never die silently
+            log.exception("flow run %s of job %s crashed", flow_run_id, record.job_execution_id)
+            if not record.status.is_final:
+                record.status = ExecutionStatus.FAILED
+                record.message = f"flow run crashed: {exc}"
+
+    def shutdown(self, wait: bool = False) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=True)

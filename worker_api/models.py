@@ -1,0 +1,181 @@
+"""Wire models of ``CONTRACT.md``: lenient on input, camelCase and strict on output.
+
+Reading rules (CONTRACT.md): unknown fields are ignored; ``isLocal`` may arrive as ``local``;
+a timestamp may be an ISO-8601 string, epoch seconds, or a Jackson array ``[y, m, d, h, mi, s, nanos]``;
+a missing optional field takes its default. Anything else is refused naming the field.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+from uuid import UUID
+
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+
+class ExecutionStatus(StrEnum):
+    """Status of one job execution, as the backend's enum names it."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (ExecutionStatus.SUCCESS, ExecutionStatus.FAILED, ExecutionStatus.CANCELED)
+
+
+def parse_timestamp(value: Any) -> Any:
+    """Accept the three timestamp shapes a Jackson backend may send; leave others to pydantic."""
+    if isinstance(value, bool):
+        raise ValueError("a timestamp cannot be a boolean")
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, tz=UTC)
+    if isinstance(value, list | tuple):
+        if not 3 <= len(value) <= 7 or not all(isinstance(v, int) for v in value):
+            raise ValueError("a Jackson timestamp array is [year, month, day, hour, minute, second, nanos]")
+        parts = list(value) + [0] * (7 - len(value))
+        year, month, day, hour, minute, second, nanos = parts
+        return datetime(year, month, day, hour, minute, second, nanos // 1000, tzinfo=UTC)
+    return value
+
+
+Timestamp = Annotated[datetime, BeforeValidator(parse_timestamp)]
+
+# Docker image reference: [registry[:port]/]path[:tag][@digest], lower-case path components.
+_IMAGE_RE = re.compile(
+    r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?"
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[\w][\w.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
+
+
+class WireModel(BaseModel):
+    """Base of every payload: camelCase aliases, snake_case names also accepted, unknown fields ignored."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    def to_wire(self) -> dict[str, Any]:
+        """JSON-ready dict with camelCase names, for what we send."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class JobDTO(WireModel):
+    """The job definition."""
+
+    id: UUID | None = None
+    stage_id: UUID | None = None
+    name: str = Field(min_length=1, max_length=255)
+    docker_image: str = Field(min_length=1, max_length=512)
+    script: list[str] = Field(default_factory=list)
+    dependencies: list[UUID] = Field(default_factory=list)
+    allow_failure: bool = False
+    artifacts: list[str] = Field(default_factory=list)
+    working_dir: str | None = None
+    env: dict[str, str] | None = None
+    timeout_seconds: int | None = Field(default=None, ge=1)
+    retries: int | None = Field(default=None, ge=0, le=20)
+    created_at: Timestamp | None = None
+    updated_at: Timestamp | None = None
+
+    @field_validator("docker_image")
+    @classmethod
+    def _image_reference(cls, value: str) -> str:
+        if not _IMAGE_RE.match(value):
+            raise ValueError(f"not a valid image reference: {value!r}")
+        return value
+
+
+class JobExecutionDTO(WireModel):
+    """One run of a job: what ``/api/job/execute`` receives and ``GET /jobs/{id}`` answers."""
+
+    id: UUID
+    stage_execution_id: UUID | None = None
+    job_id: UUID | None = None
+    pipeline_execution_id: UUID | None = None
+    stage_order: int | None = Field(default=None, ge=0)
+    commit_hash: str | None = None
+    is_local: bool = Field(default=False, validation_alias=AliasChoices("isLocal", "local", "is_local"))
+    status: ExecutionStatus | None = None
+    start_time: Timestamp | None = None
+    completion_time: Timestamp | None = None
+    allow_failure: bool = False
+    job: JobDTO
+
+    @property
+    def allows_failure(self) -> bool:
+        """``allowFailure`` may be set on the execution or on its job definition."""
+        return self.allow_failure or self.job.allow_failure
+
+
+class JobStatusUpdate(WireModel):
+    """What the worker POSTs to ``/job/status``; fields after ``logs`` are contract extensions."""
+
+    job_execution_id: UUID
+    status: ExecutionStatus
+    logs: str = ""
+    exit_code: int | None = None
+    attempt: int | None = None
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+    log_bytes: int | None = None
+    log_sha256: str | None = None
+
+
+class LogChunk(WireModel):
+    """Live log chunk, contract extension ``POST /job/logs``."""
+
+    job_execution_id: UUID
+    seq: int
+    offset: int
+    lines: list[str]
+
+
+class PipelineExecuteRequest(WireModel):
+    """Body of ``POST /api/pipeline/execute``."""
+
+    pipeline_execution_id: UUID
+
+
+class StatusAnswer(WireModel):
+    """``getJobStatus`` answer in its object form."""
+
+    status: ExecutionStatus
+
+
+class ExecuteAccepted(WireModel):
+    """Answer of the execute endpoints."""
+
+    status: str = "QUEUED"
+    job_execution_id: UUID | None = None
+    pipeline_execution_id: UUID | None = None
+    flow_run_id: UUID | None = None
+
+
+class JobView(WireModel):
+    """The worker's view of one job execution (``GET /api/job/{id}``)."""
+
+    job_execution_id: UUID
+    name: str
+    status: ExecutionStatus
+    flow_run_id: UUID | None = None
+    pipeline_execution_id: UUID | None = None
+    accepted_at: datetime
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+    exit_code: int | None = None
+    attempts: int = 0
+    message: str | None = None
+
+
+class HealthReport(WireModel):
+    """``GET /api/worker/health``."""
+
+    status: str
+    checks: dict[str, dict[str, Any]]

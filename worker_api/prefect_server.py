@@ -1,0 +1,66 @@
+"""Starting and stopping a local Prefect server when ``PREFECT_API_URL`` is not set.
+
+Prefect's own temporary per-process server costs ~10-30 s each time and prints tracebacks when it
+stops, so ``serve`` runs ``prefect server start`` as a child process, waits for its health, and stops it
+on exit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+class LocalPrefectServer:
+    """A ``prefect server start`` child process on loopback."""
+
+    def __init__(self, port: int = 4200, host: str = "127.0.0.1", log_path: Path | None = None) -> None:
+        self.host, self.port = host, port
+        self.api_url = f"http://{host}:{port}/api"
+        self.ui_url = f"http://{host}:{port}"
+        self.log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 180.0) -> None:
+        """Start the server (or reuse one already healthy at that address) and wait for its health."""
+        if self._healthy():
+            return
+        env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true"}
+        env.pop("PREFECT_API_URL", None)
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        prefect = Path(sys.executable).with_name("prefect")
+        self._process = subprocess.Popen(
+            [str(prefect), "server", "start", "--host", self.host, "--port", str(self.port)],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not self._healthy():
+            if self._process.poll() is not None:
+                raise RuntimeError(f"prefect server exited with {self._process.returncode} (log: {self.log_path})")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"prefect server not healthy after {timeout:g} s (log: {self.log_path})")
+            time.sleep(0.5)
+
+    def _healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.api_url}/health", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self, grace: float = 15.0) -> None:
+        """Stop the server we started (its whole process group); nothing when we reused one."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)

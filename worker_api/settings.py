@@ -1,0 +1,58 @@
+"""The worker's one settings object (env prefix ``WORKER_``), read through a cached accessor."""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PullPolicy = Literal["always", "if-not-present", "never"]
+
+
+class Settings(BaseSettings):
+    """Effective configuration. Every field can be set as ``WORKER_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="WORKER_", extra="ignore")
+
+    backend_url: str = "http://localhost:8080/api"
+    backend_token: SecretStr | None = Field(default=None, description="bearer token for calls to the backend")
+    backend_timeout_seconds: float = 10.0
+    backend_retry_seconds: float = Field(
+        default=60.0, description="how long one backend call keeps retrying transient failures"
+    )
+    host: str = "0.0.0.0"
+    port: int = 8081
+    api_token: SecretStr | None = Field(default=None, description="bearer token required by the worker API")
+    max_concurrent_jobs: int = Field(default=4, ge=1, description="containers at once, whole process")
+    max_retries: int = Field(default=2, ge=0, description="retries of infrastructure failures per job")
+    retry_delay_seconds: float = Field(default=5.0, ge=0)
+    pull_policy: PullPolicy = "if-not-present"
+    pull_timeout_seconds: float = 300.0
+    job_timeout_seconds: int = Field(default=3600, ge=1)
+    stop_grace_seconds: float = Field(default=10.0, ge=0, description="SIGTERM to SIGKILL on timeout/cancel")
+    dependency_poll_seconds: float = Field(default=2.0, gt=0)
+    dependency_timeout_seconds: float = Field(default=3600.0, gt=0)
+    docker_network: str = "none"
+    default_working_dir: str = "/workspace"
+    log_tail_bytes: int = Field(default=1_000_000, ge=1024, description="log kept for the final status")
+    state_dir: Path = Path(os.path.expanduser("~/.cicd-worker"))
+    worker_id: str = Field(default_factory=socket.gethostname)
+
+    def public_view(self) -> dict[str, Any]:
+        """Settings as JSON for ``/api/worker/config``: secrets reported only as set or not."""
+        data = self.model_dump(mode="json", exclude={"api_token", "backend_token"})
+        data["apiTokenSet"] = self.api_token is not None
+        data["backendTokenSet"] = self.backend_token is not None
+        data["prefectApiUrl"] = os.environ.get("PREFECT_API_URL")
+        return data
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, built on first use (never at import time, so tests can set env first)."""
+    return Settings()
