@@ -83,7 +83,5 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     # "body.status" → "status": name the field as the payload spells it, as Jackson's messages do.
     fields = [".".join(str(part) for part in error.get("loc", ())[1:]) or "body" for error in errors]
     message = "; ".join(f"{field}: {error.get('msg')}" for field, error in zip(fields, errors, strict=True))
-    body = error_body(
-        400, "Bad Request", message, request.url.path, field=fields[0] if fields else None, errors=errors
-    )
+    body = error_body(400, "Bad Request", message, request.url.path, field=fields[0] if fields else None, errors=errors)
     return JSONResponse(body, status_code=400)

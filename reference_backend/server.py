@@ -44,9 +44,7 @@ class BackendServer:
         log_level: str = "warning",
     ) -> None:
         self._owns_data_dir = data_dir is None
-        self.data_dir = (
-            Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="refbackend-"))
-        )
+        self.data_dir = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="refbackend-"))
         self.db_path = Path(db_path) if db_path is not None else self.data_dir / "backend.db"
         self.host = host
         self.app = create_app(
@@ -86,9 +84,7 @@ class BackendServer:
             raise RuntimeError("BackendServer already started")
         self._socket = _listening_socket(self.host, self._requested_port)
         self._port = self._socket.getsockname()[1]
-        config = uvicorn.Config(
-            self.app, log_level=self._log_level, access_log=False, timeout_graceful_shutdown=2
-        )
+        config = uvicorn.Config(self.app, log_level=self._log_level, access_log=False, timeout_graceful_shutdown=2)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._socket]}, name="reference-backend", daemon=True

@@ -214,9 +214,7 @@ class Store:
     def waits_for(self, execution_id: str) -> list[str] | None:
         """Job execution ids this one waits for (``needs`` resolved, then raw ones), or None if unknown."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT waits_for FROM job_executions WHERE id = ?", (execution_id,)
-            ).fetchone()
+            row = self._db.execute("SELECT waits_for FROM job_executions WHERE id = ?", (execution_id,)).fetchone()
         return json.loads(row["waits_for"]) if row is not None else None
 
     def record_status(self, update: JobStatusUpdate) -> bool:
@@ -234,9 +232,7 @@ class Store:
                 )
             ]
             for message in violations_for(previous, update.status):
-                self._insert(
-                    "violations", job_execution_id=update.job_execution_id, message=message, received_at=now
-                )
+                self._insert("violations", job_execution_id=update.job_execution_id, message=message, received_at=now)
             self._insert("status_updates", received_at=now, **update.model_dump(mode="json"))
             # The DTO's startTime/completionTime are the backend's own receive times, as a
             # backend that stamps entities itself would hold them.
@@ -307,8 +303,7 @@ class Store:
                 "SELECT message FROM violations WHERE job_execution_id = ? ORDER BY id", (execution_id,)
             ).fetchall()
             chunks = self._db.execute(
-                "SELECT seq, byte_offset AS offset, lines FROM log_chunks WHERE job_execution_id = ?"
-                " ORDER BY seq",
+                "SELECT seq, byte_offset AS offset, lines FROM log_chunks WHERE job_execution_id = ? ORDER BY seq",
                 (execution_id,),
             ).fetchall()
             artifacts = self._db.execute(

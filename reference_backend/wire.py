@@ -211,9 +211,7 @@ def job_execution_dto(record: JobExecutionRecord) -> dict[str, Any]:
         "id": record.id,
         "stageExecutionId": record.stage_execution_id,
         "jobId": record.job_id,
-        **_without_nulls(
-            {"pipelineExecutionId": record.pipeline_execution_id, "stageOrder": record.stage_order}
-        ),
+        **_without_nulls({"pipelineExecutionId": record.pipeline_execution_id, "stageOrder": record.stage_order}),
         "commitHash": record.commit_hash,
         "local": record.local,
         "status": record.status.value,

@@ -14,10 +14,12 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from flows.planning import PlanningError
 from flows.runtime import get_registry
+from worker_api.backend_client import BackendRejected
 from worker_api.dispatch import FlowDispatcher
 from worker_api.health import health_report
-from worker_api.models import ExecuteAccepted, JobExecutionDTO, JobView
+from worker_api.models import ExecuteAccepted, JobExecutionDTO, JobView, PipelineExecuteRequest
 from worker_api.settings import get_settings
 
 _bearer = HTTPBearer(auto_error=False)
@@ -65,6 +67,7 @@ def create_app(dispatcher: FlowDispatcher | None = None) -> FastAPI:
                   description="Runs CI/CD jobs in Docker containers as Prefect flow runs.")
     app.add_exception_handler(RequestValidationError, _validation_error)
     _add_job_routes(app)
+    _add_pipeline_routes(app)
     _add_worker_routes(app)
     return app
 
@@ -93,6 +96,25 @@ def _add_job_routes(app: FastAPI) -> None:
             raise HTTPException(404, detail=f"job execution {job_execution_id} is not known to this worker")
         record.cancel.set()
         return {"jobExecutionId": str(job_execution_id), "status": record.status.value, "cancelRequested": True}
+
+
+def _add_pipeline_routes(app: FastAPI) -> None:
+    @app.post("/api/pipeline/execute", status_code=202, response_model=ExecuteAccepted,
+              response_model_by_alias=True, dependencies=[Authorized],
+              responses={200: {"description": "already accepted: same flow run, nothing started"},
+                         422: {"description": "invalid pipeline (cycle, unknown dependency...): every job "
+                                              "of the run is reported FAILED with the reason"}})
+    async def execute_pipeline(body: PipelineExecuteRequest, dispatcher: Dispatcher) -> Any:
+        try:
+            record, started = await run_in_threadpool(dispatcher.submit_pipeline, body.pipeline_execution_id)
+        except PlanningError as exc:
+            return JSONResponse(status_code=422, content={
+                "error": f"invalid pipeline: {exc}", "field": "pipelineExecutionId", "jobs": list(exc.jobs)})
+        except BackendRejected as exc:
+            return JSONResponse(status_code=exc.status_code if exc.status_code == 404 else 422,
+                                content={"error": str(exc), "field": "pipelineExecutionId"})
+        answer = ExecuteAccepted(pipeline_execution_id=record.pipeline_execution_id, flow_run_id=record.flow_run_id)
+        return answer if started else JSONResponse(status_code=200, content=answer.to_wire())
 
 
 def _add_worker_routes(app: FastAPI) -> None:

@@ -10,7 +10,10 @@ import contextlib
 import logging
 import os
 import sys
+import threading
+import time
 from collections.abc import Iterator
+from typing import Any
 
 from worker_api.settings import get_settings
 
@@ -58,11 +61,61 @@ def execute_job(job_execution_id: str) -> int:
         from flows.runtime import get_backend, get_registry
 
         job = get_backend().get_job_execution(job_execution_id)
-        state = flow(job.model_dump(mode="json", by_alias=True), return_state=True)
+        state: Any = flow(job.model_dump(mode="json", by_alias=True), return_state=True)
         record = get_registry().get(job.id)
         status = record.status.value if record else state.name
         print(f"job {job.job.name} ({job.id}): {status}", flush=True)
         return 0 if record is not None and record.status.value == "SUCCESS" else 1
+
+
+def execute_pipeline(pipeline_execution_id: str) -> int:
+    with prefect_api():
+        from flows.pipeline_flow import execute_pipeline as flow
+        from flows.planning import PlanningError
+
+        with ProgressPrinter(pipeline_execution_id):
+            try:
+                state: Any = flow(pipeline_execution_id, return_state=True)
+            except PlanningError as exc:
+                print(f"pipeline refused (every job reported FAILED):\n{exc}", file=sys.stderr)
+                return 2
+        print(f"pipeline {pipeline_execution_id}: {state.name}: {state.message}", flush=True)
+        return 0 if state.is_completed() else 1
+
+
+class ProgressPrinter:
+    """Prints one line each time a job of the pipeline changes status (the flow runs in this process)."""
+
+    def __init__(self, pipeline_execution_id: str, interval: float = 0.3) -> None:
+        self.pipeline_execution_id = pipeline_execution_id
+        self.interval = interval
+        self._stop = threading.Event()
+        self._seen: dict[str, str] = {}
+        self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
+
+    def __enter__(self) -> ProgressPrinter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._print_changes()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._print_changes()
+
+    def _print_changes(self) -> None:
+        from flows.runtime import get_registry
+
+        for record in get_registry().all():
+            if str(record.pipeline_execution_id) != self.pipeline_execution_id:
+                continue
+            if self._seen.get(str(record.job_execution_id)) != record.status.value:
+                self._seen[str(record.job_execution_id)] = record.status.value
+                extra = f" exit {record.exit_code}" if record.exit_code not in (None, 0) else ""
+                print(f"{time.strftime('%H:%M:%S')}  {record.name:<30} {record.status.value}{extra}", flush=True)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,6 +126,8 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--port", type=int, help="listen port (default WORKER_PORT or 8081)")
     job_cmd = commands.add_parser("execute-job", help="run one job execution from the configured backend")
     job_cmd.add_argument("job_execution_id")
+    pipeline_cmd = commands.add_parser("execute-pipeline", help="run every job of a pipeline run of the backend")
+    pipeline_cmd.add_argument("pipeline_execution_id")
     return parser
 
 
@@ -83,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args.host, args.port)
     if args.command == "execute-job":
         return execute_job(args.job_execution_id)
+    if args.command == "execute-pipeline":
+        return execute_pipeline(args.pipeline_execution_id)
     return 2
 
 

@@ -8,7 +8,9 @@ is enforced by the executor, not by this pool: flows waiting for dependencies ho
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -18,7 +20,9 @@ from prefect.flow_engine import run_flow
 from prefect.states import Pending
 
 from flows.job_flow import execute_job, job_run_name, job_tags
-from flows.runtime import JobRecord, get_registry
+from flows.pipeline_flow import execute_pipeline, pipeline_run_name
+from flows.pipeline_plan import load_pipeline
+from flows.runtime import JobRecord, get_backend, get_registry
 from worker_api.models import ExecutionStatus, JobExecutionDTO
 
 log = logging.getLogger(__name__)
@@ -26,11 +30,48 @@ log = logging.getLogger(__name__)
 _DISPATCH_WAIT_SECONDS = 30.0
 
 
+@dataclass
+class PipelineRecord:
+    """A pipeline run this process accepted."""
+
+    pipeline_execution_id: UUID
+    flow_run_id: UUID | None = None
+    dispatched: threading.Event = field(default_factory=threading.Event)
+
+
 class FlowDispatcher:
-    """Starts flow runs for accepted jobs; idempotent per job execution id."""
+    """Starts flow runs for accepted jobs and pipelines; idempotent per execution id."""
 
     def __init__(self, max_flows: int = 256) -> None:
         self._pool = ThreadPoolExecutor(max_workers=max_flows, thread_name_prefix="flow")
+        self._pipelines: dict[UUID, PipelineRecord] = {}
+        self._lock = threading.Lock()
+
+    def submit_pipeline(self, pipeline_execution_id: UUID) -> tuple[PipelineRecord, bool]:
+        """Fetch and plan (raising ``PlanningError`` for an invalid run), then start its flow run.
+
+        A pipeline run already accepted by this process starts nothing new.
+        """
+        with self._lock:
+            known = self._pipelines.get(pipeline_execution_id)
+            if known is None:
+                record = self._pipelines[pipeline_execution_id] = PipelineRecord(pipeline_execution_id)
+        if known is not None:
+            known.dispatched.wait(_DISPATCH_WAIT_SECONDS)
+            return known, False
+        try:
+            planned = load_pipeline(get_backend(), pipeline_execution_id)
+            params = {"pipeline_execution_id": str(pipeline_execution_id), "pipeline": planned.to_params()}
+            record.flow_run_id = self._create_flow_run(
+                execute_pipeline, params, pipeline_run_name(pipeline_execution_id),
+                ["cicd-pipeline", f"pipeline:{pipeline_execution_id}"])
+        except Exception:
+            with self._lock:
+                self._pipelines.pop(pipeline_execution_id, None)
+            raise
+        record.dispatched.set()
+        self._pool.submit(self._run, execute_pipeline, record.flow_run_id, params, None)
+        return record, True
 
     def submit_job(self, job: JobExecutionDTO) -> tuple[JobRecord, bool]:
         """Start the job's flow run unless this job execution is already known.
@@ -59,14 +100,14 @@ class FlowDispatcher:
         return flow_run.id
 
     @staticmethod
-    def _run(flow: Flow, flow_run_id: UUID, params: dict[str, Any], record: JobRecord) -> None:
+    def _run(flow: Flow, flow_run_id: UUID, params: dict[str, Any], record: JobRecord | None) -> None:
         try:
             with get_client(sync_client=True) as client:
                 flow_run = client.read_flow_run(flow_run_id)
             run_flow(flow, flow_run=flow_run, parameters=params, return_type="state")
         except BaseException as exc:  # noqa: BLE001 - a thread must never die silently
-            log.exception("flow run %s of job %s crashed", flow_run_id, record.job_execution_id)
-            if not record.status.is_final:
+            log.exception("flow run %s (%s) crashed", flow_run_id, flow.name)
+            if record is not None and not record.status.is_final:
                 record.status = ExecutionStatus.FAILED
                 record.message = f"flow run crashed: {exc}"
 

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PullPolicy = Literal["always", "if-not-present", "never"]
@@ -41,7 +41,8 @@ class Settings(BaseSettings):
     default_working_dir: str = "/workspace"
     log_tail_bytes: int = Field(default=1_000_000, ge=1024, description="log kept for the final status")
     state_dir: Path = Path(os.path.expanduser("~/.cicd-worker"))
-    worker_id: str = Field(default_factory=socket.gethostname)
+    # The issue names it WORKER_ID (not WORKER_WORKER_ID): an alias bypasses the prefix.
+    worker_id: str = Field(default_factory=socket.gethostname, validation_alias=AliasChoices("WORKER_ID", "worker_id"))
 
     def public_view(self) -> dict[str, Any]:
         """Settings as JSON for ``/api/worker/config``: secrets reported only as set or not."""

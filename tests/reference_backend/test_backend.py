@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -61,9 +62,7 @@ def report(http: httpx.Client, execution_id: str) -> dict[str, Any]:
 
 
 def upload(http: httpx.Client, execution_id: str, name: str, content: bytes) -> httpx.Response:
-    return http.post(
-        "/api/job/artifact/upload", data={"jobId": execution_id}, files={"file": (name, content)}
-    )
+    return http.post("/api/job/artifact/upload", data={"jobId": execution_id}, files={"file": (name, content)})
 
 
 # --- job executions in Jackson style -------------------------------------------------------------
@@ -130,8 +129,13 @@ def test_pipeline_jobs_in_creation_order(client: httpx.Client) -> None:
 
 
 def test_unknown_ids_answer_404_with_json(client: httpx.Client) -> None:
-    for path in ("/api/jobs/nope", "/api/jobs/nope/dependencies", "/api/jobs/nope/status",
-                 "/api/pipeline-executions/nope/jobs", "/admin/job-executions/nope"):
+    for path in (
+        "/api/jobs/nope",
+        "/api/jobs/nope/dependencies",
+        "/api/jobs/nope/status",
+        "/api/pipeline-executions/nope/jobs",
+        "/admin/job-executions/nope",
+    ):
         answer = client.get(path)
         assert answer.status_code == 404, path
         assert answer.json()["status"] == 404 and "nope" in answer.json()["message"]
@@ -196,7 +200,13 @@ def test_status_as_object_when_configured() -> None:
 def test_status_history_records_every_update(client: httpx.Client) -> None:
     execution_id = one_job(client)
     send_status(client, execution_id, "RUNNING", attempt=1, startTime="2025-03-05T14:30:00Z", extra={"x": 1})
-    final = {"exitCode": 0, "attempt": 1, "logBytes": 3, "logSha256": "ab" * 32, "completionTime": "2025-03-05T14:31:00Z"}
+    final = {
+        "exitCode": 0,
+        "attempt": 1,
+        "logBytes": 3,
+        "logSha256": "ab" * 32,
+        "completionTime": "2025-03-05T14:31:00Z",
+    }
     assert send_status(client, execution_id, "SUCCESS", **final).status_code == 200
     assert send_status(client, execution_id, "SUCCESS", **final).status_code == 200  # at-least-once repeat
 
@@ -402,7 +412,7 @@ class _RecordingWorker(BaseHTTPRequestHandler):
 def worker_url() -> Iterator[str]:
     _RecordingWorker.received = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _RecordingWorker)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
@@ -448,12 +458,23 @@ def test_data_survives_a_restart_and_temp_dirs_are_removed(tmp_path: Path) -> No
 
 
 def test_command_line_entry_point(tmp_path: Path) -> None:
-    port = BackendServer(tmp_path / "probe").start()
-    free_port = port.port
-    port.stop()  # frees the port for the subprocess; a race here is unlikely on loopback
+    with socket.socket() as probe:  # a free port; the tiny race until the subprocess binds it is acceptable
+        probe.bind(("127.0.0.1", 0))
+        free_port = probe.getsockname()[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "reference_backend", "--port", str(free_port), "--data-dir", str(tmp_path / "d"),
-         "--status-as-object", "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "reference_backend",
+            "--port",
+            str(free_port),
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--status-as-object",
+            "--log-level",
+            "warning",
+        ],
+        cwd=Path(__file__).resolve().parents[2],
     )
     try:
         deadline = time.monotonic() + 15

@@ -1,0 +1,116 @@
+"""The execute-pipeline flow: every job of a pipeline run as one flow run, in dependency order.
+
+The pure :class:`flows.planning.Scheduler` decides what may start; this flow submits each ready job's
+task as soon as its predecessors are final, reports jobs dropped by an upstream failure as ``CANCELED``,
+and ends Failed unless every job succeeded. The container limit holds for the whole process because
+the executor's slots are shared by every flow.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Any
+from uuid import UUID
+
+from prefect import flow
+from prefect.artifacts import create_table_artifact
+from prefect.futures import PrefectFuture
+from prefect.runtime import flow_run as runtime_flow_run
+from prefect.states import Completed, Failed
+
+from flows.job_flow import job_tags
+from flows.job_log import JobLog
+from flows.job_task import JobRun, job_task, new_job_run
+from flows.pipeline_plan import PipelineRun, load_pipeline
+from flows.planning import Outcome, Scheduler
+from flows.reporting import JobReporter
+from flows.runtime import get_backend, get_registry
+from worker_api.models import ExecutionStatus
+from worker_api.settings import get_settings
+
+_OUTCOME_OF = {ExecutionStatus.SUCCESS: Outcome.SUCCESS, ExecutionStatus.CANCELED: Outcome.CANCELED}
+
+
+def pipeline_run_name(pipeline_execution_id: UUID | str) -> str:
+    return f"pipeline [{str(pipeline_execution_id)[:8]}]"
+
+
+def _flow_run_name() -> str:
+    return pipeline_run_name(runtime_flow_run.parameters["pipeline_execution_id"])
+
+
+class PipelineDriver:
+    """Walks one planned pipeline run: submit ready jobs, collect outcomes, cancel downstream."""
+
+    def __init__(self, pipeline: PipelineRun) -> None:
+        self.pipeline = pipeline
+        self.settings = get_settings()
+        self.scheduler = Scheduler(pipeline.graph)
+        self.runs: dict[str, JobRun] = {}
+        self.reporters = {job_id: self._reporter(job_id) for job_id in pipeline.jobs}
+        self.running: dict[concurrent.futures.Future[Any], str] = {}
+
+    def _reporter(self, job_id: str) -> JobReporter:
+        job = self.pipeline.jobs[job_id]
+        record, _ = get_registry().claim(job.id, job.job.name, job.pipeline_execution_id)
+        record.flow_run_id = runtime_flow_run.id
+        return JobReporter(job, record, get_backend(), JobLog(self.settings.log_tail_bytes))
+
+    def run(self) -> None:
+        self._submit_ready()
+        while self.running:
+            done, _ = concurrent.futures.wait(list(self.running), return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                self._finished(self.running.pop(future))
+            self._submit_ready()
+
+    def _submit_ready(self) -> None:
+        for job_id in self.scheduler.take_ready():
+            reporter = self.reporters[job_id]
+            if reporter.record.cancel.is_set():
+                self._finished(job_id, canceled_before_start=True)
+                continue
+            run = new_job_run(reporter.job, reporter, self.settings)
+            self.runs[job_id] = run
+            future: PrefectFuture[Any] = job_task(run, self.settings, tags=job_tags(reporter.job)).submit(run)
+            self.running[future.wrapped_future] = job_id  # type: ignore[attr-defined]
+
+    def _finished(self, job_id: str, canceled_before_start: bool = False) -> None:
+        reporter = self.reporters[job_id]
+        if canceled_before_start:
+            reporter.log.note("canceled before it started")
+            reporter.final(ExecutionStatus.CANCELED, message="canceled")
+        elif not reporter.final_sent:  # a hook that crashed must not leave the backend waiting
+            reporter.final(ExecutionStatus.FAILED, message="task ended without a report")
+        outcome = _OUTCOME_OF.get(reporter.record.status, Outcome.FAILED)
+        for dropped, reason in self.scheduler.finish(job_id, outcome):
+            dropped_reporter = self.reporters[dropped]
+            dropped_reporter.log.note(reason)
+            dropped_reporter.final(ExecutionStatus.CANCELED, message=reason)
+
+    def summary(self) -> list[dict[str, Any]]:
+        rows = []
+        for job_id, reporter in self.reporters.items():
+            record = reporter.record
+            duration = (record.completion_time - record.start_time).total_seconds() \
+                if record.start_time and record.completion_time else None
+            rows.append({"job": record.name, "status": record.status.value, "attempts": record.attempts,
+                         "exit code": record.exit_code, "duration s": round(duration, 2) if duration else None,
+                         "job execution id": job_id})
+        return rows
+
+
+@flow(name="execute-pipeline", flow_run_name=_flow_run_name, persist_result=False, validate_parameters=False)
+def execute_pipeline(pipeline_execution_id: str, pipeline: dict[str, Any] | None = None) -> Any:
+    """Run every job of a pipeline run; ``pipeline`` is the already fetched run (else it is fetched)."""
+    planned = PipelineRun.from_params(pipeline) if pipeline else load_pipeline(get_backend(),
+                                                                                UUID(pipeline_execution_id))
+    driver = PipelineDriver(planned)
+    driver.run()
+    rows = driver.summary()
+    create_table_artifact(table=rows, key=f"pipeline-{pipeline_execution_id}",
+                          description=f"Jobs of pipeline run {pipeline_execution_id}")
+    failed = [row["job"] for row in rows if row["status"] != ExecutionStatus.SUCCESS.value]
+    if failed:
+        return Failed(message=f"pipeline did not succeed: {', '.join(failed)} did not succeed")
+    return Completed(message=f"all {len(rows)} jobs succeeded")
