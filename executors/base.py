@@ -11,6 +11,8 @@ An :class:`Executor` runs one :class:`JobSpec` and returns a :class:`JobResult`:
   the job promptly (SIGTERM, then SIGKILL after ``stop_grace_seconds``) and reports ``canceled``.
 * Cleanup always runs: whatever happens, nothing the executor created is left behind.
 * ``run`` is thread-safe: many jobs may run at once from different threads.
+* Artifacts named by the spec are copied out of the container before it is removed, into a temporary
+  directory that the caller owns (``executors.artifacts.discard`` deletes it).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
+
+from executors.artifacts import ArtifactCollection
 
 LogSink = Callable[[str], None]
 
@@ -38,6 +42,14 @@ class JobSpec:
     pull_policy: str = "if-not-present"
     network: str = "none"
     labels: dict[str, str] = field(default_factory=dict)
+    workspace_volume: str | None = None
+    """Docker volume mounted at ``workspace_mount`` (shared by the jobs of a pipeline run)."""
+    workspace_mount: str = "/workspace"
+    artifacts: tuple[str, ...] = ()
+    artifacts_when: str = "success"
+    """``success`` (collect only when the script succeeded) or ``always``."""
+    max_artifact_bytes: int = 100 * 1024 * 1024
+    max_job_artifact_bytes: int = 1024 * 1024 * 1024
 
 
 @dataclass
@@ -50,6 +62,7 @@ class JobResult:
     timed_out: bool = False
     canceled: bool = False
     log_bytes: int = 0
+    artifacts: ArtifactCollection = field(default_factory=ArtifactCollection)
 
     @property
     def succeeded(self) -> bool:

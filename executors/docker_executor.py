@@ -20,6 +20,7 @@ import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
 
+from executors.artifacts import ArtifactCollection, ArtifactCollector
 from executors.base import JobResult, JobSpec, LogSink
 from executors.errors import ContainerLost, EngineUnavailable, ImageUnavailable
 from executors.script import build_shell_script
@@ -150,6 +151,8 @@ class DockerExecutor:
             init=True,
             network_mode=spec.network,
             security_opt=["no-new-privileges"],
+            volumes={spec.workspace_volume: {"bind": spec.workspace_mount, "mode": "rw"}}
+            if spec.workspace_volume else None,
             detach=True,
         )
 
@@ -165,8 +168,35 @@ class DockerExecutor:
         exit_code, timed_out, canceled = self._wait(container, spec.timeout_seconds, cancel)
         pump.join(timeout=self.stop_grace_seconds + 5)
         splitter.close()
-        return JobResult(exit_code=exit_code, started_at=started, finished_at=datetime.now(UTC),
-                         timed_out=timed_out, canceled=canceled, log_bytes=splitter.total_bytes)
+        result = JobResult(exit_code=exit_code, started_at=started, finished_at=datetime.now(UTC),
+                           timed_out=timed_out, canceled=canceled, log_bytes=splitter.total_bytes)
+        if spec.artifacts and not canceled and (result.succeeded or spec.artifacts_when == "always"):
+            result.artifacts = self._collect(container, spec)
+        return result
+
+    def _collect(self, container: Container, spec: JobSpec) -> ArtifactCollection:
+        collector = ArtifactCollector(spec.artifacts, spec.max_artifact_bytes, spec.max_job_artifact_bytes)
+        if not collector.wanted:
+            return collector.result
+        try:
+            chunks, _ = container.get_archive(spec.working_dir.rstrip("/") or "/")
+            return collector.collect(chunks)
+        except docker.errors.NotFound:
+            collector.result.warnings.append(f"working directory {spec.working_dir} not found: no artifacts")
+            return collector.result
+
+    def create_volume(self, name: str, labels: dict[str, str]) -> None:
+        """Create (or reuse) a named volume carrying our worker label."""
+        self.client.volumes.create(name=name, labels={**labels, LABEL_WORKER: self.worker_id})
+
+    def remove_volume(self, name: str) -> None:
+        """Remove a volume; a missing one is fine, one still in use is logged."""
+        try:
+            self.client.volumes.get(name).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            log.error("could not remove volume %s: %s", name, exc)
 
     def _wait(self, container: Container, timeout: float, cancel: threading.Event
               ) -> tuple[int | None, bool, bool]:

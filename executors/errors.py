@@ -5,7 +5,8 @@
     WorkerError
     ├── JobFailure                 the user's job failed; retried only when the job asks for it
     │   ├── ScriptFailed           a script line exited non-zero (exit code kept)
-    │   └── JobTimedOut            the job ran past its timeout and was stopped
+    │   ├── JobTimedOut            the job ran past its timeout and was stopped
+    │   └── ArtifactsLost          artifacts over a limit, escaping the working dir, or refused by the backend
     └── InfrastructureError        the runner broke; retried by default (``is_retryable``)
         ├── EngineUnavailable      Docker engine unreachable or answering errors
         ├── ImageUnavailable       image missing under the pull policy, or the pull failed (not retried:
@@ -45,6 +46,10 @@ class JobTimedOut(JobFailure):
     def __init__(self, seconds: float) -> None:
         super().__init__(f"timed out after {seconds:g} s")
         self.seconds = seconds
+
+
+class ArtifactsLost(JobFailure):
+    """Artifacts could not be collected or the backend refused them: the job must not report success."""
 
 
 class InfrastructureError(WorkerError):

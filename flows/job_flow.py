@@ -9,11 +9,12 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Cancelled, Failed
 
 from executors.errors import WorkerError
+from flows.cancel_watch import PrefectCancelWatcher
 from flows.dependencies import wait_for_dependencies
-from flows.job_log import JobLog
 from flows.job_task import job_task, new_job_run
 from flows.reporting import JobReporter
-from flows.runtime import get_backend, get_registry
+from flows.runtime import JobRecord, get_backend, get_registry
+from flows.workspace import job_workspace_name, workspace
 from worker_api.models import ExecutionStatus, JobExecutionDTO
 from worker_api.settings import get_settings
 
@@ -46,7 +47,13 @@ def execute_job(job_execution: dict[str, Any]) -> Any:
     settings, backend = get_settings(), get_backend()
     record, _ = get_registry().claim(job.id, job.job.name, job.pipeline_execution_id)
     record.flow_run_id = record.flow_run_id or runtime_flow_run.id
-    reporter = JobReporter(job, record, backend, JobLog(settings.log_tail_bytes))
+    reporter = JobReporter(job, record, backend, settings)
+    with PrefectCancelWatcher(runtime_flow_run.id, lambda: [record]):
+        return _run_job(job, record, reporter)
+
+
+def _run_job(job: JobExecutionDTO, record: JobRecord, reporter: JobReporter) -> Any:
+    settings, backend = get_settings(), get_backend()
     try:
         blocked = wait_for_dependencies(job.id, backend, reporter.log, record.cancel,
                                         poll_seconds=settings.dependency_poll_seconds,
@@ -59,8 +66,12 @@ def execute_job(job_execution: dict[str, Any]) -> Any:
         reporter.log.note(blocked)
         reporter.final(ExecutionStatus.CANCELED, message=blocked)
         return Cancelled(message=blocked)
-    run = new_job_run(job, reporter, settings)
-    state = job_task(run, settings, tags=job_tags(job))(run, return_state=True)
+    labels = {"cicd.job-execution-id": str(job.id)}
+    with workspace(job_workspace_name(str(job.id)), labels) as volume:
+        run = new_job_run(job, reporter, settings, workspace_volume=volume)
+        state = job_task(run, settings, tags=job_tags(job))(run, return_state=True)
     if not reporter.final_sent:  # a hook that crashed must not leave the backend waiting
         reporter.final(ExecutionStatus.FAILED, message=f"task ended {state.name} without a report")
+    if record.status is ExecutionStatus.CANCELED:
+        return Cancelled(message="job canceled")
     return state

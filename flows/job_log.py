@@ -1,8 +1,11 @@
 """The log of one job execution: every line the job printed and the worker said about it.
 
-It keeps a bounded tail (for the final status update), the size and SHA-256 of the whole log (so the
-backend can check completeness), and forwards lines in batches to the Prefect run logger, because one
-API log record per line costs ~2 ms each (NOTES §8).
+Lines are masked (values of secret env vars become ``[MASKED]``) and split when longer than a limit
+before anything else sees them, so every sink — the final status, live chunks, the Prefect UI — gets the
+same text. The log keeps a bounded tail (for the final status), the size and SHA-256 of the whole log
+(so the backend can check completeness), a bounded pending chunk for live shipping, and forwards lines in
+batches to the Prefect run logger (one API record per line costs ~2 ms, NOTES §8). Memory stays bounded
+however much a job prints.
 """
 
 from __future__ import annotations
@@ -12,17 +15,28 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 
 WORKER_PREFIX = "[cicd-worker]"
+MASK = "[MASKED]"
 _PREFECT_BATCH_LINES = 200
 _PREFECT_BATCH_SECONDS = 1.0
 
 
-class JobLog:
-    """Thread-safe accumulator of log lines; memory bounded by ``tail_bytes``."""
+def _size(text: str) -> int:
+    return len(text.encode("utf-8", errors="replace")) + 1
 
-    def __init__(self, tail_bytes: int = 1_000_000) -> None:
+
+class JobLog:
+    """Thread-safe accumulator of log lines; see the module docstring."""
+
+    def __init__(self, tail_bytes: int = 1_000_000, *, secrets: Iterable[str] = (), max_line_chars: int = 65536,
+                 chunk_bytes: int = 65536, prefect_max_bytes: int = 5_000_000) -> None:
         self._tail_bytes = tail_bytes
+        self._secrets = sorted({s for s in secrets if len(s) >= 3}, key=len, reverse=True)
+        self._max_line_chars = max_line_chars
+        self.chunk_bytes = chunk_bytes
+        self._prefect_budget = prefect_max_bytes
         self._tail: deque[str] = deque()
         self._tail_size = 0
         self._sha = hashlib.sha256()
@@ -32,6 +46,17 @@ class JobLog:
         self._forward: logging.LoggerAdapter | logging.Logger | None = None
         self._batch: list[str] = []
         self._batch_started = time.monotonic()
+        self._chunk: list[str] = []
+        self._chunk_size = 0
+        self._chunk_offset = 0
+        self._chunk_seq = 0
+        self.chunk_full = threading.Event()
+
+    def mask(self, text: str) -> str:
+        """``text`` with every secret value replaced by ``[MASKED]``."""
+        for secret in self._secrets:
+            text = text.replace(secret, MASK)
+        return text
 
     def forward_to(self, logger: logging.LoggerAdapter | logging.Logger | None) -> None:
         """Also send lines to ``logger`` (the Prefect task run logger) in batches; ``None`` stops."""
@@ -39,25 +64,54 @@ class JobLog:
         self._forward = logger
 
     def line(self, text: str) -> None:
-        """Add one line (without its newline)."""
-        encoded = (text + "\n").encode("utf-8", errors="replace")
+        """Add one line (without its newline); a line longer than the limit becomes several."""
+        text = self.mask(text)
+        step = self._max_line_chars
+        pieces = [text[i:i + step] for i in range(0, len(text), step)] if len(text) > step else [text]
         with self._lock:
-            self._sha.update(encoded)
-            self.total_bytes += len(encoded)
-            self.total_lines += 1
-            self._tail.append(text)
-            self._tail_size += len(encoded)
-            while self._tail_size > self._tail_bytes and len(self._tail) > 1:
-                self._tail_size -= len((self._tail.popleft() + "\n").encode("utf-8", errors="replace"))
-            if self._forward is not None:
-                self._batch.append(text)
-                due = time.monotonic() - self._batch_started >= _PREFECT_BATCH_SECONDS
-                if due or len(self._batch) >= _PREFECT_BATCH_LINES:
-                    self._flush_locked()
+            for piece in pieces:
+                self._add_locked(piece)
+
+    def _add_locked(self, text: str) -> None:
+        size = _size(text)
+        self._sha.update((text + "\n").encode("utf-8", errors="replace"))
+        self.total_bytes += size
+        self.total_lines += 1
+        self._tail.append(text)
+        self._tail_size += size
+        while self._tail_size > self._tail_bytes and len(self._tail) > 1:
+            self._tail_size -= _size(self._tail.popleft())
+        self._chunk.append(text)
+        self._chunk_size += size
+        if self._chunk_size >= self.chunk_bytes:
+            self.chunk_full.set()
+        self._forward_locked(text, size)
+
+    def _forward_locked(self, text: str, size: int) -> None:
+        if self._forward is None or self._prefect_budget <= 0:
+            return
+        self._prefect_budget -= size
+        self._batch.append(text if self._prefect_budget > 0 else
+                           f"{WORKER_PREFIX} further output not sent to Prefect (limit reached); the backend has it")
+        due = time.monotonic() - self._batch_started >= _PREFECT_BATCH_SECONDS
+        if due or len(self._batch) >= _PREFECT_BATCH_LINES or self._prefect_budget <= 0:
+            self._flush_locked()
 
     def note(self, text: str) -> None:
         """A line from the worker itself, marked so that readers can tell it from job output."""
         self.line(f"{WORKER_PREFIX} {text}")
+
+    def take_chunk(self) -> tuple[int, int, list[str]] | None:
+        """The lines not yet shipped as ``(seq, byte offset, lines)``, or None when there are none."""
+        with self._lock:
+            self.chunk_full.clear()
+            if not self._chunk:
+                return None
+            taken = (self._chunk_seq, self._chunk_offset, self._chunk)
+            self._chunk_seq += 1
+            self._chunk_offset += self._chunk_size
+            self._chunk, self._chunk_size = [], 0
+            return taken
 
     def flush(self) -> None:
         with self._lock:

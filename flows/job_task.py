@@ -20,8 +20,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.states import State
 
+from executors.artifacts import discard
 from executors.base import JobResult, JobSpec
-from executors.errors import InfrastructureError, JobFailure, JobTimedOut, ScriptFailed, is_retryable
+from executors.errors import ArtifactsLost, InfrastructureError, JobFailure, JobTimedOut, ScriptFailed, is_retryable
+from flows.artifact_upload import publish_artifact_table, upload_artifacts
 from flows.job_log import JobLog
 from flows.reporting import JobReporter, hook_attempt
 from flows.runtime import get_executor
@@ -47,7 +49,7 @@ class JobRun:
         self.result: JobResult | None = None
 
 
-def job_spec(job: JobExecutionDTO, settings: Settings, labels: dict[str, str] | None = None) -> JobSpec:
+def job_spec(job: JobExecutionDTO, settings: Settings, workspace_volume: str | None = None) -> JobSpec:
     """The container spec of a job execution under the worker's settings."""
     working_dir = job.job.working_dir or settings.default_working_dir
     if not working_dir.startswith("/"):
@@ -56,14 +58,18 @@ def job_spec(job: JobExecutionDTO, settings: Settings, labels: dict[str, str] | 
         job_execution_id=str(job.id), name=job.job.name, image=job.job.docker_image,
         script=tuple(job.job.script), env=dict(job.job.env or {}), working_dir=posixpath.normpath(working_dir),
         timeout_seconds=float(job.job.timeout_seconds or settings.job_timeout_seconds),
-        pull_policy=settings.pull_policy, network=settings.docker_network, labels=dict(labels or {}),
+        pull_policy=settings.pull_policy, network=settings.docker_network,
+        labels={"cicd.pipeline-execution-id": str(job.pipeline_execution_id or "")},
+        workspace_volume=workspace_volume, workspace_mount=settings.default_working_dir,
+        artifacts=tuple(job.job.artifacts), artifacts_when=job.job.artifacts_when or settings.artifacts_when,
+        max_artifact_bytes=settings.max_artifact_bytes, max_job_artifact_bytes=settings.max_job_artifact_bytes,
     )
 
 
 def new_job_run(job: JobExecutionDTO, reporter: JobReporter, settings: Settings,
-                labels: dict[str, str] | None = None) -> JobRun:
+                workspace_volume: str | None = None) -> JobRun:
     explicit = job.job.retries
-    return JobRun(job, job_spec(job, settings, labels), reporter, reporter.record.cancel,
+    return JobRun(job, job_spec(job, settings, workspace_volume), reporter, reporter.record.cancel,
                   retries=settings.max_retries if explicit is None else explicit,
                   script_retries=bool(explicit))
 
@@ -84,6 +90,14 @@ def run_container(run: JobRun) -> dict[str, Any]:
     finally:
         run.log.forward_to(None)
     run.result = result
+    try:
+        rows = upload_artifacts(run.reporter.backend, str(run.job.id), result.artifacts, run.log)
+    except ArtifactsLost as exc:
+        run.log.note(f"job failed: {exc}")
+        raise
+    finally:
+        discard(result.artifacts)
+    publish_artifact_table(str(run.job.id), run.job.job.name, rows)
     return _judge(run, result)
 
 
@@ -111,6 +125,8 @@ def _judge(run: JobRun, result: JobResult) -> dict[str, Any]:
 def _should_retry(run: JobRun, task: Any, task_run: Any, state: State) -> bool:
     try:
         state.result()
+    except ArtifactsLost:
+        retry = False
     except JobFailure:
         retry = run.script_retries
     except Exception as exc:

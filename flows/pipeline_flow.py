@@ -16,15 +16,16 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run as runtime_flow_run
-from prefect.states import Completed, Failed
+from prefect.states import Cancelled, Completed, Failed
 
+from flows.cancel_watch import PrefectCancelWatcher
 from flows.job_flow import job_tags
-from flows.job_log import JobLog
 from flows.job_task import JobRun, job_task, new_job_run
 from flows.pipeline_plan import PipelineRun, load_pipeline
 from flows.planning import Outcome, Scheduler
 from flows.reporting import JobReporter
 from flows.runtime import get_backend, get_registry
+from flows.workspace import pipeline_workspace_name, workspace
 from worker_api.models import ExecutionStatus
 from worker_api.settings import get_settings
 
@@ -42,8 +43,9 @@ def _flow_run_name() -> str:
 class PipelineDriver:
     """Walks one planned pipeline run: submit ready jobs, collect outcomes, cancel downstream."""
 
-    def __init__(self, pipeline: PipelineRun) -> None:
+    def __init__(self, pipeline: PipelineRun, workspace_volume: str | None = None) -> None:
         self.pipeline = pipeline
+        self.workspace_volume = workspace_volume
         self.settings = get_settings()
         self.scheduler = Scheduler(pipeline.graph)
         self.runs: dict[str, JobRun] = {}
@@ -54,7 +56,7 @@ class PipelineDriver:
         job = self.pipeline.jobs[job_id]
         record, _ = get_registry().claim(job.id, job.job.name, job.pipeline_execution_id)
         record.flow_run_id = runtime_flow_run.id
-        return JobReporter(job, record, get_backend(), JobLog(self.settings.log_tail_bytes))
+        return JobReporter(job, record, get_backend(), self.settings)
 
     def run(self) -> None:
         self._submit_ready()
@@ -70,7 +72,7 @@ class PipelineDriver:
             if reporter.record.cancel.is_set():
                 self._finished(job_id, canceled_before_start=True)
                 continue
-            run = new_job_run(reporter.job, reporter, self.settings)
+            run = new_job_run(reporter.job, reporter, self.settings, workspace_volume=self.workspace_volume)
             self.runs[job_id] = run
             future: PrefectFuture[Any] = job_task(run, self.settings, tags=job_tags(reporter.job)).submit(run)
             self.running[future.wrapped_future] = job_id  # type: ignore[attr-defined]
@@ -105,11 +107,17 @@ def execute_pipeline(pipeline_execution_id: str, pipeline: dict[str, Any] | None
     """Run every job of a pipeline run; ``pipeline`` is the already fetched run (else it is fetched)."""
     planned = PipelineRun.from_params(pipeline) if pipeline else load_pipeline(get_backend(),
                                                                                 UUID(pipeline_execution_id))
-    driver = PipelineDriver(planned)
-    driver.run()
+    volume_name = pipeline_workspace_name(str(planned.pipeline_execution_id))
+    with workspace(volume_name, {"cicd.pipeline-execution-id": str(planned.pipeline_execution_id)}) as volume:
+        driver = PipelineDriver(planned, volume)
+        records = [reporter.record for reporter in driver.reporters.values()]
+        with PrefectCancelWatcher(runtime_flow_run.id, lambda: records) as watcher:
+            driver.run()
     rows = driver.summary()
     create_table_artifact(table=rows, key=f"pipeline-{pipeline_execution_id}",
                           description=f"Jobs of pipeline run {pipeline_execution_id}")
+    if watcher.requested.is_set():
+        return Cancelled(message="pipeline canceled from Prefect")
     failed = [row["job"] for row in rows if row["status"] != ExecutionStatus.SUCCESS.value]
     if failed:
         return Failed(message=f"pipeline did not succeed: {', '.join(failed)} did not succeed")

@@ -7,28 +7,44 @@ exceptions raised by hooks, so this module must not rely on raising.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 from datetime import UTC, datetime
 from typing import Any
 
 from flows.job_log import JobLog
+from flows.log_shipping import LogShipper
 from flows.runtime import JobRecord
 from worker_api.backend_client import BackendClient, BackendError
 from worker_api.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate
+from worker_api.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-class JobReporter:
-    """Sends one job execution's statuses to the backend and mirrors them in the local record."""
+def secret_values(env: dict[str, str] | None, patterns: list[str]) -> list[str]:
+    """Values of the env vars whose names look secret (``fnmatch`` patterns, case-insensitive)."""
+    return [value for name, value in (env or {}).items()
+            if any(fnmatch.fnmatchcase(name.upper(), pattern.upper()) for pattern in patterns)]
 
-    def __init__(self, job: JobExecutionDTO, record: JobRecord, backend: BackendClient,
-                 job_log: JobLog) -> None:
+
+def new_job_log(job: JobExecutionDTO, settings: Settings) -> JobLog:
+    return JobLog(settings.log_tail_bytes, secrets=secret_values(job.job.env, settings.secret_env_patterns),
+                  max_line_chars=settings.log_max_line_chars, chunk_bytes=settings.log_chunk_bytes,
+                  prefect_max_bytes=settings.prefect_log_max_bytes)
+
+
+class JobReporter:
+    """Sends one job execution's statuses and live log to the backend; mirrors them in the local record."""
+
+    def __init__(self, job: JobExecutionDTO, record: JobRecord, backend: BackendClient, settings: Settings) -> None:
         self.job = job
         self.record = record
         self.backend = backend
-        self.log = job_log
+        self.log = new_job_log(job, settings)
         self.final_sent = False
+        self._shipper: LogShipper | None = None
+        self._chunk_interval = settings.log_chunk_interval_seconds
 
     def running(self, attempt: int) -> None:
         """Report ``RUNNING`` for this attempt (a repeat for a retry carries the new attempt number)."""
@@ -38,6 +54,8 @@ class JobReporter:
         self.record.start_time = self.record.start_time or now
         self._send(JobStatusUpdate(job_execution_id=self.job.id, status=ExecutionStatus.RUNNING,
                                    logs="", attempt=attempt, start_time=self.record.start_time))
+        if self._shipper is None:
+            self._shipper = LogShipper(self.backend, str(self.job.id), self.log, self._chunk_interval).start()
 
     def final(self, status: ExecutionStatus, *, exit_code: int | None = None, message: str | None = None) -> None:
         """Report the final status with the log; sent at most once per job execution."""
@@ -45,6 +63,8 @@ class JobReporter:
             return
         self.final_sent = True
         self.log.flush()
+        if self._shipper is not None:
+            self._shipper.close()
         now = datetime.now(UTC)
         record = self.record
         record.status, record.exit_code, record.message, record.completion_time = status, exit_code, message, now
@@ -59,6 +79,7 @@ class JobReporter:
         try:
             self.backend.update_job_status(update)
         except BackendError as exc:
+            # Prefect swallows what a hook raises, so say it loudly here (the durable outbox is issue 5).
             log.error("LOST STATUS %s of job execution %s: %s", update.status, update.job_execution_id, exc)
             self.record.message = f"could not report {update.status} to the backend: {exc}"
 

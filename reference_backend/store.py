@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, stage_id TEXT, name TEXT NOT NULL, docker_image TEXT NOT NULL,
     script TEXT NOT NULL, dependencies TEXT NOT NULL, allow_failure INTEGER NOT NULL,
     artifacts TEXT NOT NULL, working_dir TEXT, env TEXT, timeout_seconds INTEGER, retries INTEGER,
+    artifacts_when TEXT,
     created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS job_executions (
     id TEXT PRIMARY KEY, position INTEGER NOT NULL,
@@ -60,7 +61,7 @@ _JOB_EXECUTION_SELECT = """
 SELECT e.id, e.pipeline_execution_id, e.stage_execution_id, e.stage_order, p.commit_hash, p.local,
        e.status, e.start_time, e.completion_time, j.id AS job_id, j.stage_id, j.name, j.docker_image,
        j.script, j.dependencies, j.allow_failure, j.artifacts, j.working_dir, j.env,
-       j.timeout_seconds, j.retries, j.created_at, j.updated_at
+       j.timeout_seconds, j.retries, j.artifacts_when, j.created_at, j.updated_at
 FROM job_executions e JOIN jobs j ON j.id = e.job_id
 JOIN pipeline_executions p ON p.id = e.pipeline_execution_id
 """
@@ -98,6 +99,7 @@ def _record(row: sqlite3.Row) -> JobExecutionRecord:
         env=json.loads(row["env"]) if row["env"] is not None else None,
         timeout_seconds=row["timeout_seconds"],
         retries=row["retries"],
+        artifacts_when=row["artifacts_when"],
         created_at=datetime.fromisoformat(row["created_at"]),
         updated_at=datetime.fromisoformat(row["updated_at"]),
     )
@@ -114,6 +116,7 @@ def _definition_columns(job: JobSpec) -> dict[str, Any]:
         "env": json.dumps(job.env) if job.env is not None else None,
         "timeout_seconds": job.timeout_seconds,
         "retries": job.retries,
+        "artifacts_when": job.artifacts_when,
     }
 
 

@@ -97,6 +97,7 @@ class JobSpec(_AdminModel):
     env: dict[str, str] | None = None
     timeout_seconds: int | None = None
     retries: int | None = None
+    artifacts_when: str | None = None
 
 
 class PipelineRunSpec(_AdminModel):
@@ -161,6 +162,7 @@ class JobExecutionRecord:
     env: dict[str, str] | None
     timeout_seconds: int | None
     retries: int | None
+    artifacts_when: str | None
     created_at: datetime
     updated_at: datetime
 
@@ -198,6 +200,7 @@ def job_dto(record: JobExecutionRecord) -> dict[str, Any]:
                 "env": record.env,
                 "timeoutSeconds": record.timeout_seconds,
                 "retries": record.retries,
+                "artifactsWhen": record.artifacts_when,
             }
         ),
         "createdAt": jackson_local_datetime(record.created_at),

@@ -52,10 +52,15 @@ def docker_client() -> Iterator[docker.DockerClient]:
     client.ping()
     client.images.get(TEST_IMAGE)  # built by scripts/setup-docker.sh
     yield client
-    leftovers = client.containers.list(all=True, filters={"label": f"cicd.worker-id={WORKER_ID}"})
+    label = {"label": f"cicd.worker-id={WORKER_ID}"}
+    leftovers = client.containers.list(all=True, filters=label)
     for container in leftovers:
         container.remove(force=True)
+    volumes = client.volumes.list(filters=label)
+    for volume in volumes:
+        volume.remove(force=True)
     assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"
+    assert not volumes, f"volumes left behind: {[v.name for v in volumes]}"
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
@@ -81,6 +81,7 @@ class JobDTO(WireModel):
     env: dict[str, str] | None = None
     timeout_seconds: int | None = Field(default=None, ge=1)
     retries: int | None = Field(default=None, ge=0, le=20)
+    artifacts_when: Literal["success", "always"] | None = None
     created_at: Timestamp | None = None
     updated_at: Timestamp | None = None
 

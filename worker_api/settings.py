@@ -40,6 +40,17 @@ class Settings(BaseSettings):
     docker_network: str = "none"
     default_working_dir: str = "/workspace"
     log_tail_bytes: int = Field(default=1_000_000, ge=1024, description="log kept for the final status")
+    log_max_line_chars: int = Field(default=65536, ge=80, description="longer lines are split, not lost")
+    log_chunk_bytes: int = Field(default=65536, ge=1024, description="live log chunk size to the backend")
+    log_chunk_interval_seconds: float = Field(default=1.0, gt=0, description="live log chunk at least this often")
+    prefect_log_max_bytes: int = Field(default=5_000_000, ge=0, description="job output sent to the Prefect UI")
+    secret_env_patterns: list[str] = Field(
+        default=["*TOKEN*", "*SECRET*", "*PASSWORD*", "*KEY*"],
+        description="job env vars whose names match (case-insensitive) have their values masked in logs")
+    keep_workspaces: bool = Field(default=False, description="keep workspace volumes after runs (debugging)")
+    artifacts_when: Literal["success", "always"] = "success"
+    max_artifact_bytes: int = Field(default=100 * 1024 * 1024, ge=1, description="per artifact file")
+    max_job_artifact_bytes: int = Field(default=1024 * 1024 * 1024, ge=1, description="all artifacts of one job")
     state_dir: Path = Path(os.path.expanduser("~/.cicd-worker"))
     # The issue names it WORKER_ID (not WORKER_WORKER_ID): an alias bypasses the prefix.
     worker_id: str = Field(default_factory=socket.gethostname, validation_alias=AliasChoices("WORKER_ID", "worker_id"))

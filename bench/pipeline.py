@@ -1,0 +1,680 @@
+"""Wall time of whole pipelines through a real worker, against a plain scheduler measured in the same run.
+
+Run from the repository root: ``.venv/bin/python bench/pipeline.py [--repeat N] [--concurrency C]
+[--workloads fanout50,dag20,chain10]``. Targets (median worker wall / median baseline wall):
+at most 1.3 on ``dag20`` and ``chain10``, at most 2.0 on ``fanout50``.
+
+Workloads (image ``cicd-busybox:latest``):
+
+- ``fanout50``: 50 independent jobs running ``true``;
+- ``dag20``: 4 layers of 5 jobs running ``sleep 1``; job ``i`` of a layer after the first needs jobs ``i``
+  and ``i+1 (mod 5)`` of the layer before;
+- ``chain10``: 10 jobs in a chain, each ``sleep 0.5``.
+
+Set-up, all torn down at the end: a Prefect server on a free port with a temporary ``PREFECT_HOME`` (or the
+server at ``PREFECT_API_URL`` when that is set), the reference backend in this process, a real
+``cicd-worker serve`` child process (``WORKER_PULL_POLICY=never``, ``WORKER_MAX_CONCURRENT_JOBS=C``) and a
+``docker events`` stream read for the whole session (the engine keeps only the last 256 events, fewer than
+one fanout run produces).
+
+Worker run: create the pipeline run in the backend, POST ``/api/pipeline/execute`` and poll the backend's
+admin API every ``--poll-ms`` (one job execution per request, the first one not yet seen final) until every
+job is final. The wall time is the latest ``receivedAt`` of a final status minus the wall-clock time at
+which the POST was sent (``receivedAt`` is taken by the backend, in this process, on the same clock), so the
+polling period is not part of the figure. Before the next run the bench waits for the flow run to end in
+Prefect. Every job must end ``SUCCESS`` with the history ``RUNNING, SUCCESS``.
+
+Baseline run: a plain scheduler in this process that starts
+``docker run --rm --network none cicd-busybox:latest sh -c '<script>'`` (one subprocess per job) as soon as
+all the job's dependencies have exited, at most C at once. One waiter thread per subprocess puts its exit
+into a queue that the loop blocks on, so the loop reacts at once. Wall time: first start to last exit.
+
+Runs alternate worker/baseline (alternating which goes first); one small warm-up of each is not counted.
+
+Breakdown, per workload: (1) the critical path of the median run of each side, walked back from the last
+job to end through the dependency that ended last, with its time split into phases recorded on this host's
+clock by the backend (``receivedAt``), the worker (``startTime`` of ``RUNNING`` = when its hook ran,
+``completionTime`` of the final status = when the final hook built it), the Docker engine (container
+create/start/die/destroy events) and the baseline loop (start/exit of each ``docker run``); the phases add
+up to the wall time. (2) Over all runs, the hand-off gap: a job's dependency ended (worker: final status
+received; baseline: ``docker run`` exited) → the job started (worker: ``RUNNING`` received, and its
+container created; baseline: ``docker run`` started, and its container created). (3) Slot turnover: a
+container destroyed → the next container created, while jobs were waiting for a slot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import queue
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
+
+from reference_backend.server import BackendServer  # noqa: E402
+from tests.support import WorkerProcess, free_port  # noqa: E402
+from worker_api.prefect_server import LocalPrefectServer  # noqa: E402
+
+IMAGE = os.environ.get("CICD_TEST_IMAGE", "cicd-busybox:latest")
+FINAL = {"SUCCESS", "FAILED", "CANCELED"}
+PREFECT_DONE = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+RUN_TIMEOUT_SECONDS = 300.0
+SETTLE_SECONDS = 0.5
+ENGINE_ACTIONS = ("create", "start", "die", "destroy")
+LABEL_JOB = "cicd.job-execution-id"
+LABEL_WORKER = "cicd.worker-id"
+
+Job = dict[str, Any]  # {"name", "script": [...], "needs": [...]}
+
+
+# -- workloads ------------------------------------------------------------------------------------------------
+
+
+def fanout(count: int = 50) -> list[Job]:
+    return [{"name": f"f{i:02d}", "script": ["true"], "needs": []} for i in range(count)]
+
+
+def dag(layers: int = 4, width: int = 5) -> list[Job]:
+    jobs = []
+    for layer in range(layers):
+        for i in range(width):
+            needs = [] if layer == 0 else [f"L{layer - 1}-{i}", f"L{layer - 1}-{(i + 1) % width}"]
+            jobs.append({"name": f"L{layer}-{i}", "script": ["sleep 1"], "needs": needs})
+    return jobs
+
+
+def chain(length: int = 10) -> list[Job]:
+    return [{"name": f"c{i}", "script": ["sleep 0.5"], "needs": [f"c{i - 1}"] if i else []} for i in range(length)]
+
+
+WORKLOADS: dict[str, Callable[[], list[Job]]] = {"fanout50": fanout, "dag20": dag, "chain10": chain}
+TARGETS = {"fanout50": 2.0, "dag20": 1.3, "chain10": 1.3}
+
+
+# -- time helpers ---------------------------------------------------------------------------------------------
+
+
+def epoch(text: str | None) -> float | None:
+    """ISO text (naive = UTC, as the reference backend writes it) as epoch seconds."""
+    if not text:
+        return None
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def wait_until(probe: Callable[[], Any], interval: float, what: str, timeout: float = RUN_TIMEOUT_SECONDS) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(interval)
+    raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def fmt(value: float | None, width: int = 9, digits: int = 1) -> str:
+    return f"{value:{width}.{digits}f}" if value is not None else f"{'n/a':>{width}}"
+
+
+# -- docker events ------------------------------------------------------------------------------------------
+
+
+class EngineEvents:
+    """A ``docker events`` child process streamed for the whole session (container lifecycle only)."""
+
+    def __init__(self) -> None:
+        self._events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> EngineEvents:
+        filters = [arg for action in ENGINE_ACTIONS for arg in ("--filter", f"event={action}")]
+        self._process = subprocess.Popen(
+            ["docker", "events", "--filter", "type=container", *filters, "--format", "{{json .}}"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self._reader = threading.Thread(target=self._read, name="docker-events", daemon=True)
+        self._reader.start()
+        return self
+
+    def _read(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        for line in self._process.stdout:
+            with contextlib.suppress(ValueError, KeyError):
+                event = json.loads(line)
+                with self._lock:
+                    self._events.append(event)
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(5)
+        if self._reader is not None:
+            self._reader.join(5)
+
+    def containers(self, since: float, until: float) -> list[dict[str, Any]]:
+        """Containers created in [since, until]: {"id", "labels", "image", action: epoch seconds}."""
+        time.sleep(0.2)  # let the stream catch up with the engine
+        with self._lock:
+            events = list(self._events)
+        by_id: dict[str, dict[str, Any]] = {}
+        for event in events:
+            actor = event.get("Actor") or {}
+            attributes = actor.get("Attributes") or {}
+            entry = by_id.setdefault(actor.get("ID", ""), {"id": actor.get("ID", ""), "attributes": attributes})
+            entry.setdefault(event.get("Action", ""), event["timeNano"] / 1e9)
+        return [c for c in by_id.values() if "create" in c and since <= c["create"] <= until]
+
+
+# -- samples ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    """One run of one side: per job, the named moments (epoch seconds) of its life."""
+
+    side: str  # "worker" or "baseline"
+    workload: str
+    t0: float  # POST sent / first docker run started
+    wall: float  # seconds
+    needs: dict[str, list[str]]
+    marks: dict[str, dict[str, float]] = field(default_factory=dict)  # job name -> moment -> epoch
+    containers: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def end(self, name: str) -> float:
+        return self.marks[name]["end"]
+
+
+def ready_time(sample: Sample, name: str) -> float:
+    """When the job could start: its last dependency's end (the run's start for a root)."""
+    deps = sample.needs[name]
+    return max(sample.end(dep) for dep in deps) if deps else sample.t0
+
+
+# -- worker side --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    backend: httpx.Client
+    worker: httpx.Client
+    prefect: httpx.Client
+    events: EngineEvents
+    worker_id: str
+    workdir: Path
+
+
+def worker_run(setup: Setup, workload: str, jobs: list[Job], index: int, poll: float) -> Sample:
+    spec = {"name": f"{workload}-{index}",
+            "jobs": [{"name": j["name"], "dockerImage": IMAGE, "script": j["script"], "needs": j["needs"]}
+                     for j in jobs]}
+    created = setup.backend.post("/admin/pipeline-runs", json=spec)
+    created.raise_for_status()
+    run = created.json()
+    ids: dict[str, str] = run["jobs"]
+    sent, start = time.time(), time.perf_counter()
+    answer = setup.worker.post("/api/pipeline/execute", json={"pipelineExecutionId": run["pipelineExecutionId"]})
+    ack = time.perf_counter() - start
+    if answer.status_code != 202:
+        raise RuntimeError(f"worker answered {answer.status_code}: {answer.text}")
+    pending = deque(ids.values())
+
+    def all_final() -> bool:
+        while pending:
+            record = setup.backend.get(f"/admin/job-executions/{pending[0]}").json()
+            if record["status"] not in FINAL:
+                return False
+            pending.popleft()
+        return True
+
+    wait_until(all_final, poll, f"the end of pipeline run {run['pipelineExecutionId']}")
+    seen = time.perf_counter() - start
+    flow_run_id = answer.json()["flowRunId"]
+    wait_until(lambda: flow_run_done(setup, flow_run_id), 0.05, f"the end of flow run {flow_run_id}")
+    records = {name: setup.backend.get(f"/admin/job-executions/{job_id}").json() for name, job_id in ids.items()}
+    sample = worker_sample(workload, jobs, sent, records)
+    sample.extra.update(ack=ack, seen=seen)
+    for name, moments in prefect_task_times(setup, flow_run_id, len(ids)).items():
+        if name in sample.marks:
+            sample.marks[name].update(moments)
+    by_job = {c["attributes"].get(LABEL_JOB): c for c in setup.events.containers(sent - 1, time.time())
+              if c["attributes"].get(LABEL_WORKER) == setup.worker_id}
+    sample.containers = [by_job[job_id] for job_id in ids.values() if job_id in by_job]
+    for name, job_id in ids.items():
+        container = by_job.get(job_id, {})
+        sample.marks[name].update({action: container[action] for action in ENGINE_ACTIONS if action in container})
+    return sample
+
+
+def flow_run_done(setup: Setup, flow_run_id: str) -> bool:
+    answer = setup.prefect.get(f"/flow_runs/{flow_run_id}")
+    answer.raise_for_status()
+    return (answer.json().get("state") or {}).get("type") in PREFECT_DONE
+
+
+def prefect_task_times(setup: Setup, flow_run_id: str, count: int) -> dict[str, dict[str, float]]:
+    """Per task run (named after its job): Pending, Running and final state times, as the worker set them.
+
+    The worker's task engine creates task runs locally and reports their states as events, which the
+    server records a moment later: wait (a little) until every task run has its end time.
+    """
+    body = {"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200}
+
+    def complete() -> list[dict[str, Any]] | None:
+        runs = setup.prefect.post("/task_runs/filter", json=body).json()
+        return runs if len(runs) >= count and all(r.get("end_time") for r in runs) else None
+
+    try:
+        runs = wait_until(complete, 0.1, "Prefect task runs", timeout=10.0)
+    except RuntimeError:
+        runs = setup.prefect.post("/task_runs/filter", json=body).json()
+    times: dict[str, dict[str, float]] = {}
+    for run in runs:
+        moments = {"pending": epoch(run.get("expected_start_time")), "task running": epoch(run.get("start_time")),
+                   "task done": epoch(run.get("end_time"))}
+        times[run["name"]] = {key: value for key, value in moments.items() if value is not None}
+    return times
+
+
+def worker_sample(workload: str, jobs: list[Job], sent: float, records: dict[str, dict[str, Any]]) -> Sample:
+    needs = {j["name"]: list(j["needs"]) for j in jobs}
+    marks: dict[str, dict[str, float]] = {}
+    for name, record in records.items():
+        history = record["history"]
+        if [h["status"] for h in history] != ["RUNNING", "SUCCESS"] or record["violations"]:
+            raise RuntimeError(f"job {name} of {workload} did not run cleanly: {json.dumps(record)[:2000]}")
+        running, final = history
+        moments = {"hook": epoch(running.get("startTime")), "running": epoch(running["receivedAt"]),
+                   "built": epoch(final.get("completionTime")), "end": epoch(final["receivedAt"])}
+        marks[name] = {key: value for key, value in moments.items() if value is not None}
+    wall = max(m["end"] for m in marks.values()) - sent
+    return Sample("worker", workload, sent, wall, needs, marks)
+
+
+# -- baseline side ------------------------------------------------------------------------------------------
+
+
+def docker_run_command(script: list[str]) -> list[str]:
+    return ["docker", "run", "--rm", "--network", "none", IMAGE, "sh", "-c", "\n".join(script)]
+
+
+def baseline_run(events: EngineEvents, workload: str, jobs: list[Job], concurrency: int) -> Sample:
+    """Start each job's ``docker run`` once all its dependencies exited, at most ``concurrency`` at once."""
+    needs = {j["name"]: list(j["needs"]) for j in jobs}
+    scripts = {j["name"]: j["script"] for j in jobs}
+    dependents: dict[str, list[str]] = {name: [] for name in needs}
+    for name, deps in needs.items():
+        for dep in deps:
+            dependents[dep].append(name)
+    waiting = {name: set(deps) for name, deps in needs.items()}
+    ready = deque(name for name in needs if not waiting[name])
+    exits: queue.SimpleQueue[tuple[str, int, float, str]] = queue.SimpleQueue()
+    marks: dict[str, dict[str, float]] = {name: {} for name in needs}
+    running = ended = 0
+    t0 = time.time()
+    while ended < len(needs):
+        while ready and running < concurrency:
+            name = ready.popleft()
+            marks[name]["popen"] = time.time()
+            process = subprocess.Popen(docker_run_command(scripts[name]), stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.PIPE, text=True)
+            threading.Thread(target=_reap, args=(name, process, exits), daemon=True).start()
+            running += 1
+        name, code, at, err = exits.get(timeout=RUN_TIMEOUT_SECONDS)
+        if code != 0:
+            raise RuntimeError(f"baseline job {name} of {workload} exited {code}: {err}")
+        marks[name]["end"] = at
+        running, ended = running - 1, ended + 1
+        for dependent in dependents[name]:
+            waiting[dependent].discard(name)
+            if not waiting[dependent]:
+                ready.append(dependent)
+    wall = max(m["end"] for m in marks.values()) - t0
+    sample = Sample("baseline", workload, t0, wall, needs, marks)
+    attach_baseline_containers(sample, events.containers(t0 - 0.1, time.time()))
+    return sample
+
+
+def _reap(name: str, process: subprocess.Popen[str], exits: queue.SimpleQueue[tuple[str, int, float, str]]) -> None:
+    _, err = process.communicate()
+    exits.put((name, process.returncode, time.time(), err))
+
+
+def attach_baseline_containers(sample: Sample, containers: list[dict[str, Any]]) -> None:
+    """Pair the run's containers (image, no worker label) with its jobs by start order.
+
+    The plain command carries no label to tell its containers apart, so the n-th container created is
+    taken as the n-th ``docker run`` started; jobs started in the same instant run the same script, so a
+    swap among them changes no figure.
+    """
+    mine = sorted((c for c in containers
+                   if LABEL_WORKER not in c["attributes"] and c["attributes"].get("image") == IMAGE),
+                  key=lambda c: c["create"])
+    sample.containers = mine
+    started = sorted(sample.marks, key=lambda name: sample.marks[name]["popen"])
+    if len(mine) != len(started):
+        return
+    for name, container in zip(started, mine, strict=True):
+        sample.marks[name].update({a: container[a] for a in ENGINE_ACTIONS if a in container})
+
+
+# -- analysis -----------------------------------------------------------------------------------------------
+
+# Moments of one job, in the order they happen; a phase is the step from one present moment to the next.
+SEQUENCE = {
+    "worker": [("ready", "ready"), ("pending", "prefect: task run created (Pending)"),
+               ("task running", "prefect: task run Running"), ("hook", "RUNNING hook ran (worker startTime)"),
+               ("running", "RUNNING received by the backend"), ("create", "container create"),
+               ("start", "container start"), ("die", "container die"), ("destroy", "container destroy"),
+               ("task done", "prefect: task run Completed"), ("built", "final status built (worker completionTime)"),
+               ("end", "final status received")],
+    "baseline": [("ready", "ready"), ("popen", "docker run started"), ("create", "container create"),
+                 ("start", "container start"), ("die", "container die"), ("destroy", "container destroy"),
+                 ("end", "docker run exited")],
+}
+
+
+def critical_path(sample: Sample) -> list[str]:
+    """From the job that ended last back to a root, always through the dependency that ended last."""
+    name = max(sample.marks, key=sample.end)
+    path = [name]
+    while sample.needs[name]:
+        name = max(sample.needs[name], key=sample.end)
+        path.append(name)
+    return path[::-1]
+
+
+def phases(sample: Sample, name: str) -> list[tuple[str, float]]:
+    """(label "a -> b", seconds) for each step between the present moments of one job."""
+    moments = {**sample.marks[name], "ready": ready_time(sample, name)}
+    present = [(key, label) for key, label in SEQUENCE[sample.side] if key in moments]
+    return [(f"{a_label} -> {b_label}", moments[b] - moments[a])
+            for (a, a_label), (b, b_label) in zip(present, present[1:], strict=False)]
+
+
+def path_breakdown(sample: Sample) -> tuple[list[str], dict[str, float]]:
+    totals: dict[str, float] = {}
+    path = critical_path(sample)
+    for name in path:
+        for label, seconds in phases(sample, name):
+            totals[label] = totals.get(label, 0.0) + seconds
+    return path, totals
+
+
+def handoffs(samples: list[Sample], moment: str) -> list[float]:
+    """Over all jobs with dependencies: last dependency ended -> ``moment`` of the job (seconds)."""
+    return [s.marks[name][moment] - ready_time(s, name)
+            for s in samples for name in s.marks if s.needs[name] and moment in s.marks[name]]
+
+
+def turnovers(sample: Sample, concurrency: int) -> list[float]:
+    """Container destroyed -> next container created, for creates made while every slot had been busy."""
+    containers = [c for c in sample.containers if "create" in c and "destroy" in c]
+    creates = sorted(c["create"] for c in containers)
+    destroys = sorted(c["destroy"] for c in containers)
+    gaps = []
+    for created in creates[concurrency:]:
+        before = [d for d in destroys if d <= created]
+        if before:
+            gaps.append(created - before[-1])
+    return gaps
+
+
+def lifetimes(samples: list[Sample], a: str, b: str) -> list[float]:
+    return [m[b] - m[a] for s in samples for m in s.marks.values() if a in m and b in m]
+
+
+def peak_containers(sample: Sample) -> int:
+    changes = sorted([(c["start"], 1) for c in sample.containers if "start" in c and "die" in c]
+                     + [(c["die"], -1) for c in sample.containers if "start" in c and "die" in c])
+    peak = now = 0
+    for _, step in changes:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+# -- report -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    workload: str
+    worker: list[Sample]
+    baseline: list[Sample]
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(s.wall for s in self.worker) / statistics.median(s.wall for s in self.baseline)
+
+    @property
+    def ok(self) -> bool:
+        return self.ratio <= TARGETS[self.workload]
+
+
+def median_sample(samples: list[Sample]) -> Sample:
+    return sorted(samples, key=lambda s: s.wall)[(len(samples) - 1) // 2]
+
+
+def print_summary(results: list[Result], concurrency: int, repeat: int) -> None:
+    print(f"\npipeline wall time, C={concurrency}, {repeat} runs each (s): POST execute -> last final status "
+          "received (worker); first docker run started -> last exited (baseline)")
+    print(f"  {'workload':<10} {'worker med':>10} {'baseline med':>12} {'ratio':>7} {'target':>7}   "
+          f"{'worker runs':<24} {'baseline runs':<24}")
+    for r in results:
+        runs_w = " ".join(f"{s.wall:.2f}" for s in r.worker)
+        runs_b = " ".join(f"{s.wall:.2f}" for s in r.baseline)
+        print(f"  {r.workload:<10} {statistics.median(s.wall for s in r.worker):10.2f} "
+              f"{statistics.median(s.wall for s in r.baseline):12.2f} {r.ratio:7.2f} "
+              f"{'<= ' + format(TARGETS[r.workload], '.1f'):>7} {'ok' if r.ok else 'MISS':>4}   "
+              f"{runs_w:<24} {runs_b:<24}")
+
+
+def print_path(sample: Sample) -> None:
+    path, totals = path_breakdown(sample)
+    shown = " > ".join(path) if len(path) <= 10 else f"{' > '.join(path[:3])} > ... > {path[-1]}"
+    print(f"  {sample.side} median run ({sample.wall:.2f} s), critical path of {len(path)} jobs: {shown}")
+    print(f"    {'phase (summed over the path)':<74} {'ms':>9} {'ms/job':>8}")
+    for label, seconds in totals.items():
+        print(f"    {label:<74} {seconds * 1000:9.1f} {seconds * 1000 / len(path):8.1f}")
+    print(f"    {'total (= wall time)':<74} {sum(totals.values()) * 1000:9.1f}")
+
+
+def print_stats(label: str, values: list[float]) -> None:
+    if not values:
+        print(f"    {label:<70} {'n/a':>8}")
+        return
+    ms = sorted(v * 1000 for v in values)
+    p90 = ms[min(len(ms) - 1, int(round(0.9 * (len(ms) - 1))))]
+    print(f"    {label:<70} {statistics.median(ms):8.1f} {p90:8.1f} {ms[0]:8.1f} {ms[-1]:8.1f} {len(ms):5d}")
+
+
+def print_workload(result: Result, concurrency: int) -> None:
+    print(f"\n== {result.workload}: worker {statistics.median(s.wall for s in result.worker):.2f} s, baseline "
+          f"{statistics.median(s.wall for s in result.baseline):.2f} s, ratio {result.ratio:.2f} "
+          f"(target <= {TARGETS[result.workload]})")
+    print_path(median_sample(result.worker))
+    print_path(median_sample(result.baseline))
+    w, b = result.worker, result.baseline
+    print(f"  over all runs (ms) {'':<51} {'median':>8} {'p90':>8} {'min':>8} {'max':>8} {'n':>5}")
+    print_stats("worker: POST -> answered 202", [s.extra["ack"] for s in w])
+    print_stats("worker: POST -> first RUNNING received", [min(m["running"] for m in s.marks.values()) - s.t0
+                                                            for s in w])
+    print_stats("worker: POST -> first container create", [min(m["create"] for m in s.marks.values()
+                                                                if "create" in m) - s.t0 for s in w])
+    print_stats("baseline: first docker run started -> first container create",
+                [min(m["create"] for m in s.marks.values() if "create" in m) - s.t0 for s in b])
+    print_stats("worker hand-off: dependency's final received -> task run Pending", handoffs(w, "pending"))
+    print_stats("worker hand-off: dependency's final received -> task run Running", handoffs(w, "task running"))
+    print_stats("worker hand-off: dependency's final received -> RUNNING hook", handoffs(w, "hook"))
+    print_stats("worker hand-off: dependency's final received -> RUNNING received", handoffs(w, "running"))
+    print_stats("worker hand-off: dependency's final received -> container create", handoffs(w, "create"))
+    print_stats("baseline hand-off: dependency's docker run exited -> docker run started", handoffs(b, "popen"))
+    print_stats("baseline hand-off: dependency's docker run exited -> container create", handoffs(b, "create"))
+    print_stats("worker: container destroy -> final status received", lifetimes(w, "destroy", "end"))
+    print_stats("baseline: container destroy -> docker run exited", lifetimes(b, "destroy", "end"))
+    print_stats("worker: container create -> destroy", lifetimes(w, "create", "destroy"))
+    print_stats("baseline: container create -> destroy", lifetimes(b, "create", "destroy"))
+    print_stats("worker slot turnover: container destroy -> next create (slots full)",
+                [g for s in w for g in turnovers(s, concurrency)])
+    print_stats("baseline slot turnover: container destroy -> next create (slots full)",
+                [g for s in b for g in turnovers(s, concurrency)])
+    peaks_w, peaks_b = [peak_containers(s) for s in w], [peak_containers(s) for s in b]
+    print(f"    peak running containers per run: worker {peaks_w}, baseline {peaks_b} (limit {concurrency})")
+
+
+def print_verdict(results: list[Result]) -> bool:
+    ok = all(r.ok for r in results)
+    parts = [f"{r.workload} {r.ratio:.2f} {'<=' if r.ok else '>'} {TARGETS[r.workload]}" for r in results]
+    print(f"\nVERDICT: {'PASS' if ok else 'FAIL'}: worker/baseline median wall ratio {'; '.join(parts)}")
+    return ok
+
+
+# -- set-up ------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def environment(concurrency: int, keep: bool) -> Iterator[Setup]:
+    """Prefect server, reference backend, worker process, docker events; all stopped and removed afterwards."""
+    workdir = Path(tempfile.mkdtemp(prefix="cicd-bench-pipeline-"))
+    worker_id = f"bench-worker-{uuid.uuid4().hex[:8]}"
+    env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "WORKER_PULL_POLICY": "never", "WORKER_ID": worker_id,
+           "WORKER_STATE_DIR": str(workdir / "state"), "WORKER_MAX_CONCURRENT_JOBS": str(concurrency)}
+    with contextlib.ExitStack() as stack:
+        stack.callback(_cleanup, workdir, worker_id, keep)
+        events = EngineEvents().start()
+        stack.callback(events.stop)
+        api_url = os.environ.get("PREFECT_API_URL")
+        if not api_url:
+            env["PREFECT_HOME"] = str(workdir / "prefect-home")
+            os.environ.update(PREFECT_HOME=env["PREFECT_HOME"], PREFECT_SERVER_ANALYTICS_ENABLED="false")
+            server = LocalPrefectServer(port=free_port(), log_path=workdir / "prefect-server.log")
+            stack.callback(server.stop)
+            print(f"starting a Prefect server on port {server.port} (PREFECT_HOME {env['PREFECT_HOME']}) ...",
+                  flush=True)
+            server.start(timeout=240)
+            api_url = server.api_url
+        else:
+            print(f"using the Prefect server at PREFECT_API_URL={api_url}", flush=True)
+        env["PREFECT_API_URL"] = api_url
+        backend = stack.enter_context(BackendServer(workdir / "backend"))
+        env["WORKER_BACKEND_URL"] = backend.api_url
+        worker = WorkerProcess(env, workdir / "worker.log")
+        stack.callback(worker.stop)
+        worker.start(timeout=120)
+        backend_http, worker_http, prefect_http = (stack.enter_context(httpx.Client(base_url=url, timeout=60))
+                                                   for url in (backend.url, worker.url, api_url))
+        yield Setup(backend_http, worker_http, prefect_http, events, worker_id, workdir)
+
+
+def _cleanup(workdir: Path, worker_id: str, keep: bool) -> None:
+    leftovers = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={LABEL_WORKER}={worker_id}"],
+                               capture_output=True, text=True).stdout.split()
+    if leftovers:
+        print(f"removing {len(leftovers)} containers left behind by the worker", flush=True)
+        subprocess.run(["docker", "rm", "-f", *leftovers], capture_output=True)
+    if keep:
+        print(f"kept {workdir} (worker.log, prefect-server.log, backend/)")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def versions() -> str:
+    docker_version = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
+                                    capture_output=True, text=True).stdout.strip() or "?"
+    return (f"python {platform.python_version()}, prefect {metadata.version('prefect')}, "
+            f"docker engine {docker_version}, {os.cpu_count()} CPUs")
+
+
+# -- main ----------------------------------------------------------------------------------------------------
+
+
+def measure(setup: Setup, names: list[str], concurrency: int, repeat: int, poll: float) -> list[Result]:
+    warm = chain(2)
+    worker_run(setup, "warm-up", warm, 0, poll)
+    baseline_run(setup.events, "warm-up", warm, concurrency)
+    print("warm-up done (a 2-job chain on each side)", flush=True)
+    results = []
+    for workload in names:
+        jobs = WORKLOADS[workload]()
+        result = Result(workload, [], [])
+        for index in range(repeat):
+            order = ("worker", "baseline") if index % 2 == 0 else ("baseline", "worker")
+            for side in order:
+                time.sleep(SETTLE_SECONDS)
+                if side == "worker":
+                    result.worker.append(worker_run(setup, workload, jobs, index, poll))
+                else:
+                    result.baseline.append(baseline_run(setup.events, workload, jobs, concurrency))
+            print(f"  {workload} run {index + 1}/{repeat}: worker {result.worker[-1].wall:.2f} s, "
+                  f"baseline {result.baseline[-1].wall:.2f} s", flush=True)
+        results.append(result)
+    return results
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workloads", default=",".join(WORKLOADS),
+                        help=f"comma-separated subset of {', '.join(WORKLOADS)} (default: all)")
+    parser.add_argument("--concurrency", type=int, default=4,
+                        help="WORKER_MAX_CONCURRENT_JOBS, and the baseline's limit (default 4)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each workload on each side (default 3)")
+    parser.add_argument("--poll-ms", type=float, default=20.0,
+                        help="how often the backend is polled for the end of a run (not part of the figure)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir with the worker and Prefect logs")
+    args = parser.parse_args(argv)
+    args.names = [name.strip() for name in args.workloads.split(",") if name.strip()]
+    unknown = [name for name in args.names if name not in WORKLOADS]
+    if unknown or not args.names:
+        parser.error(f"unknown workloads {unknown}; choose among {', '.join(WORKLOADS)}")
+    if args.concurrency < 1 or args.repeat < 1:
+        parser.error("--concurrency and --repeat must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the set-up is torn down
+    print(versions(), flush=True)
+    print(f"workloads {', '.join(args.names)}; concurrency {args.concurrency}; {args.repeat} runs each", flush=True)
+    with environment(args.concurrency, args.keep) as setup:
+        results = measure(setup, args.names, args.concurrency, args.repeat, args.poll_ms / 1000)
+    print_summary(results, args.concurrency, args.repeat)
+    for result in results:
+        print_workload(result, args.concurrency)
+    return 0 if print_verdict(results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

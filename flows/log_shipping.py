@@ -1,0 +1,64 @@
+"""Live log chunks to the backend (contract extension ``POST /job/logs``).
+
+A background thread ships what the job printed at least every second or every 64 KiB, in order
+(``seq`` counts chunks from 0, ``offset`` is the chunk's byte offset in the whole log). A backend that
+answers 404/405 has no live logs: shipping stops and the final status carries the log instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from uuid import UUID
+
+from flows.job_log import JobLog
+from worker_api.backend_client import BackendClient, BackendError
+from worker_api.models import LogChunk
+
+log = logging.getLogger(__name__)
+
+
+class LogShipper:
+    """Ships one job's log chunks while it runs; ``close()`` ships the rest before the final status."""
+
+    def __init__(self, backend: BackendClient, job_execution_id: str, job_log: JobLog,
+                 interval: float = 1.0) -> None:
+        self.backend = backend
+        self.job_execution_id = job_execution_id
+        self.log = job_log
+        self.interval = interval
+        self.enabled = True
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"logship-{job_execution_id[:8]}", daemon=True)
+
+    def start(self) -> LogShipper:
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.log.chunk_full.wait(self.interval)
+            self._ship_pending()
+
+    def _ship_pending(self) -> None:
+        chunk = self.log.take_chunk()
+        if chunk is None or not self.enabled:
+            return
+        seq, offset, lines = chunk
+        try:
+            accepted = self.backend.send_log_chunk(
+                LogChunk(job_execution_id=UUID(self.job_execution_id), seq=seq, offset=offset, lines=lines))
+        except BackendError as exc:
+            log.error("live log of job %s stopped at chunk %d: %s (the final status carries the log tail)",
+                      self.job_execution_id, seq, exc)
+            accepted = False
+        if not accepted:
+            self.enabled = False
+
+    def close(self) -> None:
+        """Stop the thread and ship whatever is left, so that chunks precede the final status."""
+        self._stop.set()
+        self.log.chunk_full.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._ship_pending()

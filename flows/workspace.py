@@ -1,0 +1,33 @@
+"""Workspaces: one Docker volume per pipeline run (or per job sent alone), mounted at ``/workspace``.
+
+Jobs of the same pipeline run see what the jobs they depend on wrote, like GitLab's artifacts passed
+along ``needs``. The volume is removed when the run ends unless ``WORKER_KEEP_WORKSPACES`` is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from flows.runtime import get_executor
+from worker_api.settings import get_settings
+
+
+@contextlib.contextmanager
+def workspace(name: str, labels: dict[str, str]) -> Iterator[str]:
+    """Create the named volume for the duration of the block; yields its name."""
+    executor = get_executor()
+    executor.create_volume(name, labels)
+    try:
+        yield name
+    finally:
+        if not get_settings().keep_workspaces:
+            executor.remove_volume(name)
+
+
+def pipeline_workspace_name(pipeline_execution_id: str) -> str:
+    return f"cicd-ws-{pipeline_execution_id}"
+
+
+def job_workspace_name(job_execution_id: str) -> str:
+    return f"cicd-ws-job-{job_execution_id}"
