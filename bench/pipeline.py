@@ -372,21 +372,23 @@ def _reap(name: str, process: subprocess.Popen[str], exits: queue.SimpleQueue[tu
 
 
 def attach_baseline_containers(sample: Sample, containers: list[dict[str, Any]]) -> None:
-    """Pair the run's containers (image, no worker label) with its jobs by start order.
+    """Pair the run's containers (image, no worker label) with its jobs.
 
-    The plain command carries no label to tell its containers apart, so the n-th container created is
-    taken as the n-th ``docker run`` started; jobs started in the same instant run the same script, so a
-    swap among them changes no figure.
+    The plain command carries no label to tell its containers apart. ``docker run --rm`` exits a few ms
+    after its container is destroyed, so jobs are taken in the order they exited, and each gets the
+    container destroyed last before its exit among those created after it started; jobs that ran the same
+    script at the same time may swap containers, which changes no figure much.
     """
-    mine = sorted((c for c in containers
-                   if LABEL_WORKER not in c["attributes"] and c["attributes"].get("image") == IMAGE),
-                  key=lambda c: c["create"])
+    mine = [c for c in containers if LABEL_WORKER not in c["attributes"] and c["attributes"].get("image") == IMAGE]
     sample.containers = mine
-    started = sorted(sample.marks, key=lambda name: sample.marks[name]["popen"])
-    if len(mine) != len(started):
-        return
-    for name, container in zip(started, mine, strict=True):
-        sample.marks[name].update({a: container[a] for a in ENGINE_ACTIONS if a in container})
+    free = [c for c in mine if "destroy" in c]
+    for name in sorted(sample.marks, key=sample.end):
+        marks = sample.marks[name]
+        fits = [c for c in free if c["create"] >= marks["popen"] and c["destroy"] <= marks["end"]]
+        if fits:
+            chosen = max(fits, key=lambda c: c["destroy"])
+            free.remove(chosen)
+            marks.update({a: chosen[a] for a in ENGINE_ACTIONS if a in chosen})
 
 
 # -- analysis -----------------------------------------------------------------------------------------------

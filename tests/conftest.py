@@ -27,7 +27,6 @@ def pytest_configure(config: pytest.Config) -> None:
     global _server
     os.environ.setdefault("PREFECT_HOME", str(_SESSION_DIR / "prefect-home"))
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
     os.environ["WORKER_ID"] = WORKER_ID
     os.environ["WORKER_PULL_POLICY"] = "never"  # no registry here: a pull must never be attempted
     os.environ["WORKER_STATE_DIR"] = str(_SESSION_DIR / "state")
