@@ -265,6 +265,9 @@ def worker_run(setup: Setup, workload: str, jobs: list[Job], index: int, poll: f
     records = {name: setup.backend.get(f"/admin/job-executions/{job_id}").json() for name, job_id in ids.items()}
     sample = worker_sample(workload, jobs, sent, records)
     sample.extra.update(ack=ack, seen=seen)
+    flow_start = epoch(setup.prefect.get(f"/flow_runs/{flow_run_id}").json().get("start_time"))
+    if flow_start is not None:
+        sample.extra["flow running"] = flow_start - sent
     for name, moments in prefect_task_times(setup, flow_run_id, len(ids)).items():
         if name in sample.marks:
             sample.marks[name].update(moments)
@@ -531,6 +534,11 @@ def print_workload(result: Result, concurrency: int) -> None:
     w, b = result.worker, result.baseline
     print(f"  over all runs (ms) {'':<51} {'median':>8} {'p90':>8} {'min':>8} {'max':>8} {'n':>5}")
     print_stats("worker: POST -> answered 202", [s.extra["ack"] for s in w])
+    print_stats("worker: POST -> pipeline flow run Running (prefect)",
+                [s.extra["flow running"] for s in w if "flow running" in s.extra])
+    print_stats("worker: POST -> first task run Pending (prefect)",
+                [min(m["pending"] for m in s.marks.values() if "pending" in m) - s.t0 for s in w
+                 if any("pending" in m for m in s.marks.values())])
     print_stats("worker: POST -> first RUNNING received", [min(m["running"] for m in s.marks.values()) - s.t0
                                                             for s in w])
     print_stats("worker: POST -> first container create", [min(m["create"] for m in s.marks.values()

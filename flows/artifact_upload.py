@@ -1,4 +1,10 @@
-"""Uploading a job's collected artifacts to the backend, one file per request (contract)."""
+"""Uploading a job's collected artifacts to the backend, one file per request (contract), via the outbox.
+
+The task waits (up to ``wait_seconds``) for the outbox to deliver them: a refusal (413 or another 4xx)
+fails the job with the backend's answer in the log. When the backend is unavailable for longer, the
+files stay queued (durably) ahead of the job's final status, and the outbox turns a queued SUCCESS into
+FAILED should the backend refuse one later: a job never reports success while its outputs were lost.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,11 @@ from prefect.artifacts import create_table_artifact
 from executors.artifacts import ArtifactCollection
 from executors.errors import ArtifactsLost
 from flows.job_log import JobLog
-from worker_api.backend_client import BackendClient, BackendError
+from worker_api.outbox import DELIVERED, PENDING, Outbox
 
 
-def upload_artifacts(backend: BackendClient, job_execution_id: str, collection: ArtifactCollection,
-                     job_log: JobLog) -> list[dict[str, object]]:
+def upload_artifacts(outbox: Outbox, job_execution_id: str, collection: ArtifactCollection,
+                     job_log: JobLog, wait_seconds: float) -> list[dict[str, object]]:
     """Upload every collected file, noting size and sha256 of each in the log.
 
     Raises :class:`ArtifactsLost` when collection found problems or the backend refused a file (its
@@ -21,17 +27,26 @@ def upload_artifacts(backend: BackendClient, job_execution_id: str, collection: 
         job_log.note(f"warning: {warning}")
     for problem in collection.problems:
         job_log.note(f"artifact error: {problem}")
-    rows: list[dict[str, object]] = []
-    for artifact in collection.files:
-        try:
-            backend.upload_artifact(job_execution_id, artifact.relative_path, artifact.local_path.read_bytes())
-        except BackendError as exc:
-            job_log.note(f"artifact {artifact.relative_path} NOT uploaded: {exc}")
-            raise ArtifactsLost(f"artifact {artifact.relative_path} was not accepted by the backend: {exc}") from exc
-        job_log.note(f"artifact uploaded: {artifact.relative_path} ({artifact.size} bytes, sha256 {artifact.sha256})")
-        rows.append({"path": artifact.relative_path, "bytes": artifact.size, "sha256": artifact.sha256})
     if collection.problems:
         raise ArtifactsLost("; ".join(collection.problems))
+    queued = {outbox.put_artifact(job_execution_id, a.relative_path, a.local_path): a for a in collection.files}
+    outcomes = outbox.wait(queued, wait_seconds)
+    rows: list[dict[str, object]] = []
+    refused = []
+    for item_id, artifact in queued.items():
+        outcome = outcomes[item_id]
+        described = f"{artifact.relative_path} ({artifact.size} bytes, sha256 {artifact.sha256})"
+        if outcome == DELIVERED:
+            job_log.note(f"artifact uploaded: {described}")
+        elif outcome == PENDING:
+            job_log.note(f"artifact queued (backend unavailable, delivered before the final status): {described}")
+        else:
+            job_log.note(f"artifact NOT accepted: {described}: {outcome}")
+            refused.append(f"{artifact.relative_path}: {outcome}")
+        rows.append({"path": artifact.relative_path, "bytes": artifact.size, "sha256": artifact.sha256,
+                     "delivery": outcome.split(":")[0]})
+    if refused:
+        raise ArtifactsLost(f"the backend refused artifacts: {'; '.join(refused)}")
     return rows
 
 

@@ -28,7 +28,7 @@ from flows.job_log import JobLog
 from flows.reporting import JobReporter, hook_attempt
 from flows.runtime import get_executor
 from worker_api.models import ExecutionStatus, JobExecutionDTO
-from worker_api.settings import Settings
+from worker_api.settings import Settings, get_settings
 
 
 class JobRun:
@@ -91,7 +91,8 @@ def run_container(run: JobRun) -> dict[str, Any]:
         run.log.forward_to(None)
     run.result = result
     try:
-        rows = upload_artifacts(run.reporter.backend, str(run.job.id), result.artifacts, run.log)
+        rows = upload_artifacts(run.reporter.outbox, str(run.job.id), result.artifacts, run.log,
+                                wait_seconds=get_settings().artifact_wait_seconds)
     except ArtifactsLost as exc:
         run.log.note(f"job failed: {exc}")
         raise

@@ -1,8 +1,9 @@
 """Live log chunks to the backend (contract extension ``POST /job/logs``).
 
-A background thread ships what the job printed at least every second or every 64 KiB, in order
-(``seq`` counts chunks from 0, ``offset`` is the chunk's byte offset in the whole log). A backend that
-answers 404/405 has no live logs: shipping stops and the final status carries the log instead.
+A background thread moves what the job printed into the outbox at least every second or every 64 KiB,
+in order (``seq`` counts chunks from 0, ``offset`` is the chunk's byte offset in the whole log). A
+backend that answers 404/405 has no live logs: the outbox stops taking chunks and the final status
+carries the log instead.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import threading
 from uuid import UUID
 
 from flows.job_log import JobLog
-from worker_api.backend_client import BackendClient, BackendError
 from worker_api.models import LogChunk
+from worker_api.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -21,13 +22,11 @@ log = logging.getLogger(__name__)
 class LogShipper:
     """Ships one job's log chunks while it runs; ``close()`` ships the rest before the final status."""
 
-    def __init__(self, backend: BackendClient, job_execution_id: str, job_log: JobLog,
-                 interval: float = 1.0) -> None:
-        self.backend = backend
+    def __init__(self, outbox: Outbox, job_execution_id: str, job_log: JobLog, interval: float = 1.0) -> None:
+        self.outbox = outbox
         self.job_execution_id = job_execution_id
         self.log = job_log
         self.interval = interval
-        self.enabled = True
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"logship-{job_execution_id[:8]}", daemon=True)
 
@@ -42,18 +41,14 @@ class LogShipper:
 
     def _ship_pending(self) -> None:
         chunk = self.log.take_chunk()
-        if chunk is None or not self.enabled:
+        if chunk is None:
             return
         seq, offset, lines = chunk
         try:
-            accepted = self.backend.send_log_chunk(
-                LogChunk(job_execution_id=UUID(self.job_execution_id), seq=seq, offset=offset, lines=lines))
-        except BackendError as exc:
-            log.error("live log of job %s stopped at chunk %d: %s (the final status carries the log tail)",
-                      self.job_execution_id, seq, exc)
-            accepted = False
-        if not accepted:
-            self.enabled = False
+            self.outbox.put_chunk(LogChunk(job_execution_id=UUID(self.job_execution_id), seq=seq, offset=offset,
+                                           lines=lines))
+        except Exception as exc:  # the disk failed; the final status still carries the log tail
+            log.error("live log chunk %d of job %s lost: %s", seq, self.job_execution_id, exc)
 
     def close(self) -> None:
         """Stop the thread and ship whatever is left, so that chunks precede the final status."""

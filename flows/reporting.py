@@ -15,8 +15,8 @@ from typing import Any
 from flows.job_log import JobLog
 from flows.log_shipping import LogShipper
 from flows.runtime import JobRecord
-from worker_api.backend_client import BackendClient, BackendError
 from worker_api.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate
+from worker_api.outbox import Outbox
 from worker_api.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,10 +37,10 @@ def new_job_log(job: JobExecutionDTO, settings: Settings) -> JobLog:
 class JobReporter:
     """Sends one job execution's statuses and live log to the backend; mirrors them in the local record."""
 
-    def __init__(self, job: JobExecutionDTO, record: JobRecord, backend: BackendClient, settings: Settings) -> None:
+    def __init__(self, job: JobExecutionDTO, record: JobRecord, outbox: Outbox, settings: Settings) -> None:
         self.job = job
         self.record = record
-        self.backend = backend
+        self.outbox = outbox
         self.log = new_job_log(job, settings)
         self.final_sent = False
         self._shipper: LogShipper | None = None
@@ -55,7 +55,7 @@ class JobReporter:
         self._send(JobStatusUpdate(job_execution_id=self.job.id, status=ExecutionStatus.RUNNING,
                                    logs="", attempt=attempt, start_time=self.record.start_time))
         if self._shipper is None:
-            self._shipper = LogShipper(self.backend, str(self.job.id), self.log, self._chunk_interval).start()
+            self._shipper = LogShipper(self.outbox, str(self.job.id), self.log, self._chunk_interval).start()
 
     def final(self, status: ExecutionStatus, *, exit_code: int | None = None, message: str | None = None) -> None:
         """Report the final status with the log; sent at most once per job execution."""
@@ -76,12 +76,12 @@ class JobReporter:
         self._send(update)
 
     def _send(self, update: JobStatusUpdate) -> None:
+        # Into the durable outbox: a hook never waits for the backend and an update is never lost.
         try:
-            self.backend.update_job_status(update)
-        except BackendError as exc:
-            # Prefect swallows what a hook raises, so say it loudly here (the durable outbox is issue 5).
+            self.outbox.put_status(update)
+        except Exception as exc:  # the disk failed: Prefect would swallow it, so say it loudly here
             log.error("LOST STATUS %s of job execution %s: %s", update.status, update.job_execution_id, exc)
-            self.record.message = f"could not report {update.status} to the backend: {exc}"
+            self.record.message = f"could not queue {update.status} for the backend: {exc}"
 
 
 def hook_attempt(task_run: Any) -> int:

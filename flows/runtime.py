@@ -14,6 +14,7 @@ from uuid import UUID
 from executors.docker_executor import DockerExecutor
 from worker_api.backend_client import BackendClient
 from worker_api.models import ExecutionStatus, JobView
+from worker_api.outbox import Outbox
 from worker_api.settings import get_settings
 
 
@@ -88,6 +89,17 @@ def get_backend() -> BackendClient:
 
 
 @lru_cache(maxsize=1)
+def get_outbox() -> Outbox:
+    """The durable delivery path, its sender started (so items left by a previous life go out at once)."""
+    settings = get_settings()
+    token = settings.backend_token.get_secret_value() if settings.backend_token else None
+    # One attempt per send: the outbox itself retries, with backoff, without blocking producers.
+    sender = BackendClient(settings.backend_url, token=token, timeout=settings.backend_timeout_seconds,
+                           retry_seconds=0)
+    return Outbox(settings.state_dir, sender).start()
+
+
+@lru_cache(maxsize=1)
 def get_registry() -> JobRegistry:
     return JobRegistry()
 
@@ -95,5 +107,5 @@ def get_registry() -> JobRegistry:
 def reset() -> None:
     """Forget every process-wide part (tests that change settings call this)."""
     get_settings.cache_clear()
-    for accessor in (get_executor, get_backend, get_registry):
+    for accessor in (get_executor, get_backend, get_registry, get_outbox):
         accessor.cache_clear()

@@ -78,7 +78,8 @@ def worker_env(backend: Backend, **extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def worker(backend: Backend, docker_client: docker.DockerClient) -> Iterator[WorkerProcess]:
-    process = WorkerProcess(worker_env(backend), ARTIFACT_DIR / "worker.log").start()
+    env = worker_env(backend, WORKER_STATE_DIR=str(_SESSION_DIR / "worker-state"))
+    process = WorkerProcess(env, ARTIFACT_DIR / "worker.log").start()
     yield process
     process.stop()
 
@@ -89,6 +90,7 @@ def make_worker(backend: Backend, docker_client: docker.DockerClient, tmp_path: 
     started: list[WorkerProcess] = []
 
     def start(expect_healthy: bool = True, **env: str) -> WorkerProcess:
+        env = {"WORKER_STATE_DIR": str(tmp_path / f"state-{len(started)}"), **env}
         process = WorkerProcess(worker_env(backend, **env), tmp_path / f"worker-{len(started)}.log")
         started.append(process)
         return process.start(expect_healthy=expect_healthy)

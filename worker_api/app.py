@@ -15,7 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from flows.planning import PlanningError
-from flows.runtime import get_registry
+from flows.runtime import get_outbox, get_registry
 from worker_api.backend_client import BackendRejected
 from worker_api.dispatch import FlowDispatcher
 from worker_api.health import health_report
@@ -60,6 +60,7 @@ def create_app(dispatcher: FlowDispatcher | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.dispatcher = dispatcher or FlowDispatcher()
+        await run_in_threadpool(get_outbox)  # items left undelivered by a previous life go out now
         yield
         app.state.dispatcher.shutdown(wait=False)
 

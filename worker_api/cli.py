@@ -18,6 +18,15 @@ from typing import Any
 from worker_api.settings import get_settings
 
 
+def flush_outbox() -> None:
+    """Deliver what the run queued before the process exits (what is left is sent at the next start)."""
+    from flows.runtime import get_outbox
+
+    if not get_outbox().flush(timeout=get_settings().backend_retry_seconds):
+        print(f"warning: undelivered updates remain in {get_outbox().dir}; they are sent at the next start",
+              file=sys.stderr)
+
+
 @contextlib.contextmanager
 def prefect_api() -> Iterator[str]:
     """Use ``PREFECT_API_URL`` when set; else start a local Prefect server for the duration."""
@@ -62,6 +71,7 @@ def execute_job(job_execution_id: str) -> int:
 
         job = get_backend().get_job_execution(job_execution_id)
         state: Any = flow(job.model_dump(mode="json", by_alias=True), return_state=True)
+        flush_outbox()
         record = get_registry().get(job.id)
         status = record.status.value if record else state.name
         print(f"job {job.job.name} ({job.id}): {status}", flush=True)
@@ -79,6 +89,7 @@ def execute_pipeline(pipeline_execution_id: str) -> int:
             except PlanningError as exc:
                 print(f"pipeline refused (every job reported FAILED):\n{exc}", file=sys.stderr)
                 return 2
+        flush_outbox()
         print(f"pipeline {pipeline_execution_id}: {state.name}: {state.message}", flush=True)
         return 0 if state.is_completed() else 1
 

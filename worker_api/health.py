@@ -10,7 +10,7 @@ from typing import Any
 import docker
 import httpx
 
-from flows.runtime import get_backend
+from flows.runtime import get_backend, get_outbox
 from worker_api.models import HealthReport
 
 _CHECK_TIMEOUT_SECONDS = 3.0
@@ -52,8 +52,13 @@ def _backend() -> str | None:
     return None
 
 
+def _outbox() -> dict[str, Any]:
+    return {"status": "UP", **get_outbox().stats()}
+
+
 def health_report() -> tuple[HealthReport, bool]:
-    """The report and whether the worker is UP (Docker and Prefect; the backend is informative)."""
-    checks = {"docker": _timed(_docker), "prefect": _timed(_prefect), "backend": _timed(_backend)}
+    """The report and whether the worker is UP (Docker and Prefect; backend and outbox are informative)."""
+    checks = {"docker": _timed(_docker), "prefect": _timed(_prefect), "backend": _timed(_backend),
+              "outbox": _outbox()}
     up = checks["docker"]["status"] == "UP" and checks["prefect"]["status"] == "UP"
     return HealthReport(status="UP" if up else "DOWN", checks=checks), up

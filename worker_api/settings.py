@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     artifacts_when: Literal["success", "always"] = "success"
     max_artifact_bytes: int = Field(default=100 * 1024 * 1024, ge=1, description="per artifact file")
     max_job_artifact_bytes: int = Field(default=1024 * 1024 * 1024, ge=1, description="all artifacts of one job")
+    artifact_wait_seconds: float = Field(default=60.0, ge=0, description="how long a job waits for its uploads")
     state_dir: Path = Path(os.path.expanduser("~/.cicd-worker"))
     # The issue names it WORKER_ID (not WORKER_WORKER_ID): an alias bypasses the prefix.
     worker_id: str = Field(default_factory=socket.gethostname, validation_alias=AliasChoices("WORKER_ID", "worker_id"))

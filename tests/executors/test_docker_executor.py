@@ -76,7 +76,7 @@ def make_spec(*script: str, **overrides: Any) -> JobSpec:
 
 
 def containers_of(client: docker.DockerClient, job_execution_id: str) -> list[Container]:
-    return client.containers.list(all=True, filters={"label": f"{LABEL_JOB}={job_execution_id}"})
+    return client.containers.list(all=True, sparse=True, filters={"label": f"{LABEL_JOB}={job_execution_id}"})
 
 
 def container_actions(client: docker.DockerClient, run: Run) -> list[str]:
@@ -218,10 +218,10 @@ def test_missing_image_is_refused_fast_naming_it(policy: str, executor: DockerEx
 
 
 @pytest.mark.parametrize(("script", "timeout", "cancel", "expected"), [
-    (("true",), 30, False, "succeeded"),
-    (("false",), 30, False, "failed"),
-    (("sleep 60",), 1, False, "timed_out"),
-    (("sleep 60",), 30, True, "canceled"),
+    pytest.param(("true",), 30, False, "succeeded", id="success"),
+    pytest.param(("false",), 30, False, "failed", id="failure"),
+    pytest.param(("sleep 60",), 1, False, "timed_out", id="timeout"),
+    pytest.param(("sleep 60",), 30, True, "canceled", id="cancel"),
 ])
 def test_container_is_removed_whatever_the_outcome(script: tuple[str, ...], timeout: float, cancel: bool,
                                                    expected: str, executor: DockerExecutor,
@@ -246,6 +246,7 @@ def test_container_carries_job_and_worker_labels_while_running(executor: DockerE
     try:
         container = wait_for(running_container(docker_client, run.spec.job_execution_id), 15,
                              what="the job's container")
+        container.reload()  # listed sparse: read the full configuration
         labels = container.labels
         assert labels[LABEL_JOB] == run.spec.job_execution_id
         assert labels[LABEL_WORKER] == WORKER_ID
@@ -261,12 +262,13 @@ def test_no_more_than_max_containers_run_at_once(docker_client: docker.DockerCli
     batch = f"batch-{uuid.uuid4()}"
     runs = [Run(make_spec("sleep 1", labels={"cicd.test-batch": batch})) for _ in range(4)]
     threads = [run.in_thread(limited) for run in runs]
+    in_batch = {"label": f"cicd.test-batch={batch}"}
     seen: list[int] = []
     for _ in _until_all_done(threads, timeout=30):
-        seen.append(len(docker_client.containers.list(all=True, filters={"label": f"cicd.test-batch={batch}"})))
+        seen.append(len(docker_client.containers.list(all=True, sparse=True, filters=in_batch)))
     assert all(run.outcome().succeeded for run in runs)
     assert max(seen) == 2, seen
-    assert docker_client.containers.list(all=True, filters={"label": f"cicd.test-batch={batch}"}) == []
+    assert docker_client.containers.list(all=True, sparse=True, filters=in_batch) == []
 
 
 def _until_all_done(threads: list[threading.Thread], timeout: float) -> Iterator[None]:
