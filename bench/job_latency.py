@@ -167,29 +167,62 @@ def worker_run(setup: Setup, index: int, poll: float) -> WorkerSample:
                         (received - sent) * 1000, record["history"], view)
 
 
-def docker_run() -> float:
-    """Wall time of the plain ``docker run`` CLI, in ms."""
-    start = time.perf_counter()
+@dataclass
+class DockerSample:
+    """One baseline ``docker run``: when it started (epoch) and how long the CLI took."""
+
+    sent: float
+    ms: float
+    marks: dict[str, float | None] = field(default_factory=dict)  # container event -> ms after ``sent``
+
+
+def docker_run() -> DockerSample:
+    """Wall time of the plain ``docker run`` CLI."""
+    sent, start = time.time(), time.perf_counter()
     subprocess.run(DOCKER_RUN, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
-    return (time.perf_counter() - start) * 1000
+    return DockerSample(sent, (time.perf_counter() - start) * 1000)
 
 
 # -- breakdown ----------------------------------------------------------------------------------------------
 
+CONTAINER_ACTIONS = ("create", "attach", "start", "die", "destroy")
 
-def container_events(since: float, until: float) -> dict[str, dict[str, Any]]:
-    """Container events of the window, by container id: first time of each action, and the labels."""
-    out = subprocess.run(
-        ["docker", "events", "--since", f"{since:.6f}", "--until", f"{until:.6f}",
-         "--filter", "type=container", "--format", "{{json .}}"],
-        capture_output=True, text=True, timeout=60, check=True).stdout
-    containers: dict[str, dict[str, Any]] = {}
-    for line in out.splitlines():
-        event = json.loads(line)
-        actor = event.get("Actor") or {}
-        entry = containers.setdefault(actor.get("ID", ""), {"attributes": actor.get("Attributes") or {}})
-        entry.setdefault(event.get("Action", ""), event["timeNano"] / 1e9)
-    return containers
+
+class EventRecorder:
+    """``docker events`` streamed to a file while the bench runs.
+
+    Streamed live rather than asked for afterwards with ``--since``: the engine keeps only its last 256
+    events for such queries, fewer than one measurement (and other users of the engine) produces.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._out = open(path, "wb")  # noqa: SIM115 - closed by stop()
+        self._process = subprocess.Popen(["docker", "events", "--filter", "type=container", "--format", "{{json .}}"],
+                                         stdout=self._out, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(5)
+        self._out.close()
+
+    def containers(self) -> list[dict[str, Any]]:
+        """Per container: first time (epoch) of each action, and its attributes (labels, image)."""
+        time.sleep(0.5)  # let the last events of the last run reach the file
+        self.stop()
+        containers: dict[str, dict[str, Any]] = {}
+        for line in self.path.read_text().splitlines():
+            with contextlib.suppress(ValueError, KeyError):
+                event = json.loads(line)
+                actor = event.get("Actor") or {}
+                entry = containers.setdefault(actor["ID"], {"attributes": actor.get("Attributes") or {}})
+                entry.setdefault(event.get("Action", ""), event["timeNano"] / 1e9)
+        return list(containers.values())
 
 
 def prefect_times(setup: Setup, flow_run_id: str) -> dict[str, float | None]:
@@ -221,9 +254,10 @@ MILESTONES = [  # key, label
     ("seen", "bench: final status first seen by polling"),
     ("flow end", "prefect: flow run end"),
 ]
+OFF_PATH = ("ack", "seen", "flow end")  # printed in the timeline but not part of the chain of steps
 
 
-def fill_marks(setup: Setup, sample: WorkerSample, events: dict[str, dict[str, Any]]) -> None:
+def fill_marks(setup: Setup, sample: WorkerSample, containers: list[dict[str, Any]]) -> None:
     """Every milestone of one run as ms after the POST was sent (None when unknown)."""
     running = next((h for h in sample.history if h["status"] == "RUNNING"), {})
     last = sample.history[-1]
@@ -236,76 +270,74 @@ def fill_marks(setup: Setup, sample: WorkerSample, events: dict[str, dict[str, A
     }
     with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, IndexError):
         times.update(prefect_times(setup, sample.flow_run_id))
-    container = next((c for c in events.values()
-                      if c["attributes"].get("cicd.job-execution-id") == sample.job_id), {})
-    times.update({action: container.get(action) for action in ("create", "attach", "start", "die", "destroy")})
+    container = next((c for c in containers if c["attributes"].get("cicd.job-execution-id") == sample.job_id), {})
+    times.update({action: container.get(action) for action in CONTAINER_ACTIONS})
     sample.marks = {key: ms_after(sample.sent, value) for key, value in times.items()}
     sample.marks["ack"], sample.marks["seen"] = sample.ack_ms, sample.seen_ms
+
+
+def fill_docker_marks(samples: list[DockerSample], containers: list[dict[str, Any]]) -> None:
+    """Container events of each baseline run: the one unlabelled container of the image created meanwhile."""
+    plain = [c for c in containers if "cicd.worker-id" not in c["attributes"]
+             and c["attributes"].get("image") == IMAGE and "create" in c]
+    for sample in samples:
+        end = sample.sent + sample.ms / 1000
+        inside = [c for c in plain if sample.sent <= c["create"] <= end]
+        if len(inside) == 1:
+            sample.marks = {a: ms_after(sample.sent, inside[0].get(a)) for a in CONTAINER_ACTIONS}
+        sample.marks["exit"] = sample.ms
 
 
 def fmt(value: float | None, width: int = 9) -> str:
     return f"{value:{width}.1f}" if value is not None else f"{'n/a':>{width}}"
 
 
-def median_of(samples: list[WorkerSample], key: str) -> float | None:
+def median_of(samples: list[Any], key: str) -> float | None:
     values = [s.marks[key] for s in samples if s.marks.get(key) is not None]
-    return statistics.median(values) if values else None  # type: ignore[type-var]
-
-
-def print_timeline(samples: list[WorkerSample], chosen: WorkerSample) -> None:
-    print(f"\nbreakdown of the median worker run (job {chosen.job_id[:8]}, {chosen.latency_ms:.1f} ms); "
-          "ms after the POST was sent:")
-    print(f"  {'milestone':<46} {'this run':>9} {'step':>9}   {'median of all runs':>9}")
-    known = [(k, label) for k, label in MILESTONES if chosen.marks.get(k) is not None]
-    unknown = [(k, label) for k, label in MILESTONES if chosen.marks.get(k) is None]
-    previous = 0.0
-    for key, label in sorted(known, key=lambda item: chosen.marks[item[0]] or 0.0):
-        at = chosen.marks[key] or 0.0
-        step = "" if key in ("ack", "seen", "flow end") else fmt(at - previous)
-        if not step:
-            step = f"{'':>9}"
-        else:
-            previous = at
-        print(f"  {label:<46} {fmt(at)} {step}   {fmt(median_of(samples, key))}")
-    for _, label in unknown:
-        print(f"  {label:<46} {fmt(None)}")
-
-
-def phase(samples: list[WorkerSample], start: str, end: str) -> float | None:
-    values = [s.marks[end] - s.marks[start] for s in samples  # type: ignore[operator]
-              if s.marks.get(start) is not None and s.marks.get(end) is not None]
     return statistics.median(values) if values else None
 
 
-def baseline_engine_phases(events: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """Median create->start, start->die, die->destroy (ms) of the baseline containers (no worker label)."""
-    runs = [c for c in events.values()
-            if "cicd.worker-id" not in c["attributes"] and c["attributes"].get("image") == IMAGE
-            and all(a in c for a in ("create", "start", "die", "destroy"))]
-    if not runs:
-        return {}
-    return {f"{a}->{b}": statistics.median([(c[b] - c[a]) * 1000 for c in runs])
-            for a, b in (("create", "start"), ("start", "die"), ("die", "destroy"), ("create", "destroy"))}
+def phase(samples: list[Any], start: str, end: str) -> float | None:
+    """Median over runs of ``end - start`` (ms); ``start`` "sent" is the run's own start."""
+    values = [s.marks[end] - (0.0 if start == "sent" else s.marks[start]) for s in samples
+              if (start == "sent" or s.marks.get(start) is not None) and s.marks.get(end) is not None]
+    return statistics.median(values) if values else None
 
 
-def print_phases(samples: list[WorkerSample], events: dict[str, dict[str, Any]], docker_ms: list[float]) -> None:
-    base = baseline_engine_phases(events)
+def print_timeline(samples: list[WorkerSample], chosen: WorkerSample) -> None:
+    print(f"\nbreakdown of the median worker run (job {chosen.job_id[:8]}, {chosen.latency_ms:.1f} ms), "
+          "ms after the POST was sent:")
+    print(f"  {'milestone':<46} {'this run':>9} {'step':>9}   {'median of all runs':>18}")
+    known = sorted((chosen.marks[key] or 0.0, key, label) for key, label in MILESTONES
+                   if chosen.marks.get(key) is not None)
+    previous = 0.0
+    for at, key, label in known:
+        step = f"{'':>9}" if key in OFF_PATH else fmt(at - previous)
+        previous = previous if key in OFF_PATH else at
+        print(f"  {label:<46} {fmt(at)} {step}   {fmt(median_of(samples, key), 18)}")
+    for key, label in MILESTONES:
+        if chosen.marks.get(key) is None:
+            print(f"  {label:<46} {fmt(None)}")
+
+
+def print_phases(samples: list[WorkerSample], baseline: list[DockerSample]) -> None:
+    """Worker and baseline side by side, from the same kind of record (container events)."""
     rows = [
-        ("POST -> RUNNING received by the backend", median_of(samples, "running received"), None),
-        ("RUNNING received -> final received", phase(samples, "running received", "final received"), None),
-        ("POST -> container create (API, Prefect, hooks)", median_of(samples, "create"), None),
-        ("container create -> start", phase(samples, "create", "start"), base.get("create->start")),
-        ("container start -> die (the script)", phase(samples, "start", "die"), base.get("start->die")),
-        ("container die -> destroy", phase(samples, "die", "destroy"), base.get("die->destroy")),
-        ("container destroy -> final received", phase(samples, "destroy", "final received"), None),
+        ("start -> container create", "sent", "create"),
+        ("container create -> start", "create", "start"),
+        ("container start -> die (the script)", "start", "die"),
+        ("container die -> destroy", "die", "destroy"),
     ]
-    print(f"\nphases, median over all runs (ms) {'worker':>24} {'docker run':>12}")
-    for label, worker_value, base_value in rows:
-        print(f"  {label:<48} {fmt(worker_value)} {fmt(base_value, 12) if base_value is not None else ''}")
-    engine = base.get("create->destroy")
-    if engine is not None:
-        print(f"  docker run: CLI wall time {statistics.median(docker_ms):.1f}, of which engine create->destroy "
-              f"{engine:.1f}; worker engine create->destroy {fmt(phase(samples, 'create', 'destroy'), 0)}")
+    print(f"\nphases, median over all runs (ms) {'worker':>27} {'docker run':>11}")
+    print(f"  {'POST -> RUNNING received by the backend':<50} {fmt(median_of(samples, 'running received'))}")
+    print(f"  {'RUNNING received -> final received':<50} "
+          f"{fmt(phase(samples, 'running received', 'final received'))}")
+    for label, start, end in rows:
+        print(f"  {label:<50} {fmt(phase(samples, start, end))} {fmt(phase(baseline, start, end), 11)}")
+    print(f"  {'container destroy -> final received / CLI exit':<50} "
+          f"{fmt(phase(samples, 'destroy', 'final received'))} {fmt(phase(baseline, 'destroy', 'exit'), 11)}")
+    print(f"  {'engine total, container create -> destroy':<50} {fmt(phase(samples, 'create', 'destroy'))} "
+          f"{fmt(phase(baseline, 'create', 'destroy'), 11)}")
 
 
 # -- set-up ------------------------------------------------------------------------------------------------
@@ -359,63 +391,63 @@ def versions() -> str:
     docker_version = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
                                     capture_output=True, text=True).stdout.strip() or "?"
     return (f"python {platform.python_version()}, prefect {metadata.version('prefect')}, "
-            f"docker engine {docker_version}, {os.cpu_count()} CPUs")
+            f"docker engine {docker_version}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
 
 
 # -- main ----------------------------------------------------------------------------------------------------
 
 
-def measure(setup: Setup, runs: int, poll: float) -> tuple[list[WorkerSample], list[float], float, float]:
-    """Warm-ups, then ``runs`` interleaved pairs; returns samples, baseline ms and the time window."""
+def measure(setup: Setup, runs: int, poll: float) -> tuple[list[WorkerSample], list[DockerSample]]:
+    """Warm-ups, then ``runs`` interleaved pairs (alternating which goes first)."""
     for index in range(WARMUP):
         worker_run(setup, -1 - index, poll)
         docker_run()
     print(f"warm-up done ({WARMUP} runs of each); measuring {runs} interleaved pairs ...", flush=True)
-    since = time.time() - 1.0
     samples: list[WorkerSample] = []
-    docker_ms: list[float] = []
+    baseline: list[DockerSample] = []
     for index in range(runs):
         if index % 2:
-            docker_ms.append(docker_run())
+            baseline.append(docker_run())
             samples.append(worker_run(setup, index, poll))
         else:
             samples.append(worker_run(setup, index, poll))
-            docker_ms.append(docker_run())
-    return samples, docker_ms, since, time.time() + 1.0
+            baseline.append(docker_run())
+    return samples, baseline
 
 
-def report(setup: Setup, samples: list[WorkerSample], docker_ms: list[float], window: tuple[float, float]) -> bool:
-    """Print the figures and the breakdown; True when the ratio meets the target."""
-    worker_ms = [s.latency_ms for s in samples]
-    worker_med, docker_med = statistics.median(worker_ms), statistics.median(docker_ms)
-    ratio = worker_med / docker_med
-    n = len(samples)
-    print(f"\njob latency, script [\"true\"], image {IMAGE}, {n} runs each (ms)"
-          f"{'median':>12} {'p90':>9} {'min':>9} {'max':>9}")
-    for label, values in (("worker: POST execute -> final status received", worker_ms),
-                          ("docker run --rm --network none ... true", docker_ms)):
-        print(f"  {label:<62}{statistics.median(values):9.1f} {p90(values):9.1f} "
+def print_figures(samples: list[WorkerSample], baseline: list[DockerSample]) -> float:
+    """Medians, p90s and the ratio; returns the ratio of the medians."""
+    worker_ms, docker_ms = [s.latency_ms for s in samples], [b.ms for b in baseline]
+    ratio = statistics.median(worker_ms) / statistics.median(docker_ms)
+    print(f"\njob latency, script [\"true\"], image {IMAGE}, {len(samples)} runs each (ms)"
+          f"{'median':>11} {'p90':>9} {'min':>9} {'max':>9}")
+    rows = [("worker: POST execute -> final status received", worker_ms),
+            ("docker run --rm --network none ... true", docker_ms),
+            ("(worker: final status first seen by polling)", [s.seen_ms for s in samples]),
+            ("(worker: POST answered 202)", [s.ack_ms for s in samples])]
+    for label, values in rows:
+        print(f"  {label:<61}{statistics.median(values):9.1f} {p90(values):9.1f} "
               f"{min(values):9.1f} {max(values):9.1f}")
-    print(f"  {'(worker, final status first seen by polling)':<62}"
-          f"{statistics.median([s.seen_ms for s in samples]):9.1f} {p90([s.seen_ms for s in samples]):9.1f}")
-    print(f"  {'(worker, POST answered 202)':<62}"
-          f"{statistics.median([s.ack_ms for s in samples]):9.1f} {p90([s.ack_ms for s in samples]):9.1f}")
     print(f"  ratio worker/docker: median {ratio:.2f}x, p90 {p90(worker_ms) / p90(docker_ms):.2f}x "
-          f"(target median <= {TARGET_RATIO}x)")
+          f"(target: median ratio <= {TARGET_RATIO}x)")
+    return ratio
 
-    events: dict[str, dict[str, Any]] = {}
-    try:
-        events = container_events(*window)
-    except (subprocess.SubprocessError, ValueError) as exc:
-        print(f"(no Docker events: {exc})")
+
+def report(setup: Setup, samples: list[WorkerSample], baseline: list[DockerSample],
+           containers: list[dict[str, Any]]) -> bool:
+    """Print the figures and the breakdown and the verdict; True when the ratio meets the target."""
+    ratio = print_figures(samples, baseline)
     for sample in samples:
-        fill_marks(setup, sample, events)
-    chosen = sorted(samples, key=lambda s: s.latency_ms)[(n - 1) // 2]
+        fill_marks(setup, sample, containers)
+    fill_docker_marks(baseline, containers)
+    chosen = sorted(samples, key=lambda s: s.latency_ms)[(len(samples) - 1) // 2]
     print_timeline(samples, chosen)
-    print_phases(samples, events, docker_ms)
+    print_phases(samples, baseline)
+    worker_med, docker_med = statistics.median(s.latency_ms for s in samples), statistics.median(b.ms for b in baseline)
     ok = ratio <= TARGET_RATIO
     print(f"\nVERDICT: {'PASS' if ok else 'FAIL'}: worker median {worker_med:.1f} ms is {ratio:.2f}x the "
-          f"docker run median {docker_med:.1f} ms ({'within' if ok else 'above'} the {TARGET_RATIO}x target)")
+          f"docker run median {docker_med:.1f} ms ({'within' if ok else 'above'} the {TARGET_RATIO}x target; "
+          f"load average now {os.getloadavg()[0]:.2f})")
     return ok
 
 
@@ -431,8 +463,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the set-up is torn down
     print(versions(), flush=True)
     with environment(args.keep) as setup:
-        samples, docker_ms, since, until = measure(setup, args.runs, args.poll_ms / 1000)
-        ok = report(setup, samples, docker_ms, (since, until))
+        recorder = EventRecorder(setup.workdir / "docker-events.jsonl")
+        try:
+            samples, baseline = measure(setup, args.runs, args.poll_ms / 1000)
+            containers = recorder.containers()
+        finally:
+            recorder.stop()
+        ok = report(setup, samples, baseline, containers)
     return 0 if ok else 1
 
 

@@ -38,8 +38,7 @@ history ``RUNNING, SUCCESS``, no contract violation.
 
 Memory: the worker's peak resident set (``VmHWM`` of ``/proc/PID/status``; the flows run in threads of
 that very process) before the run and after its flow run ended, and ``VmRSS`` sampled every 50 ms during
-the run. CPU: user+system seconds of the worker, the backend and the Prefect server over each run, and the
-busiest worker threads (``/proc/PID/task``).
+the run. CPU: user+system seconds of the worker, the backend and the Prefect server over each run.
 
 Baseline: ``docker run --rm --network none --label cicd.bench=<id> cicd-busybox:latest sh -c '<same
 command>' > /dev/null`` (the label only lets the clean-up find it), under ``/usr/bin/time -v`` when
@@ -47,9 +46,12 @@ present for the docker CLI's own peak RSS and CPU. Runs alternate worker/baselin
 first); one small warm-up of each is not counted. Throughput: MB (10^6 bytes) of job output (every line
 but the worker's notes; the same bytes the baseline prints, plus the ``$ command`` echo) per second.
 
-``--profile DIR``: after the measured runs, one more worker run under ``py-spy record --threads --format
-raw`` (``.venv/bin/pip install py-spy``; not counted), saved as DIR/worker.folded, summarised per thread
-and per function. ``--keep`` keeps the temporary directory (worker, backend and Prefect logs, backend.db).
+``--profile DIR``: after the measured runs, two more worker runs (not counted) under ``py-spy record
+--threads --format raw`` (``.venv/bin/pip install py-spy``): one with ``--gil`` (only the thread holding
+the GIL is sampled: where the worker's Python CPU goes, per thread and function), one with ``--idle``
+(every thread at every sample: where the wall time of the threads that carry the log goes, waiting
+included). Saved as DIR/worker-gil.folded and DIR/worker-wall.folded (collapsed stacks) and summarised.
+``--keep`` keeps the temporary directory (worker, backend and Prefect logs, backend.db).
 """
 
 from __future__ import annotations
@@ -169,16 +171,6 @@ def session_cpu_seconds(sid: int) -> float:
             if int(fields[3]) == sid:
                 total += (int(fields[11]) + int(fields[12])) / CLK_TCK
     return total
-
-
-def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds of each thread of a process, by thread id."""
-    out: dict[int, float] = {}
-    for entry in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = _stat_fields(f"{entry}/stat")
-            out[int(entry.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return out
 
 
 class Sampler:
@@ -469,7 +461,6 @@ class WorkerSample:
     rss_peak_kib: int
     rss_after_kib: int
     cpu: dict[str, float]  # party -> CPU seconds over the run
-    threads: list[tuple[int, float]]  # busiest worker threads: (tid, CPU seconds)
     marks: dict[str, float | None]  # milestone -> seconds after the POST
 
 
@@ -501,57 +492,46 @@ def check_log(db: BackendDB, job_id: str, final: dict[str, Any], lines: int, com
     """Walk the stored chunks once: completeness against the final status, and the arrival times."""
     check = LogCheck()
     sha = hashlib.sha256()
-    offset = 0
     first_line: str | None = None
     last_output: str | None = None
     for seq, chunk_offset, chunk_lines, received_at in db.chunks(job_id):
         at = epoch(received_at)
         if seq != check.chunks:
             check.problems.append(f"chunk seq {seq} where {check.chunks} was expected")
-        if chunk_offset != offset:
-            check.problems.append(f"chunk {seq} at offset {chunk_offset}, expected {offset}")
+        if chunk_offset != check.chunk_bytes:
+            check.problems.append(f"chunk {seq} at offset {chunk_offset}, expected {check.chunk_bytes}")
         check.chunks += 1
         check.first_chunk_at = check.first_chunk_at if check.first_chunk_at is not None else at
         check.last_chunk_at = at
+        first_line = first_line if first_line is not None or not chunk_lines else chunk_lines[0]
         for text in chunk_lines:
             data = text.encode("utf-8") + b"\n"
             sha.update(data)
-            offset += len(data)
-            if first_line is None:
-                first_line = text
+            check.chunk_bytes += len(data)
             if not text.startswith(WORKER_PREFIX):
                 check.output_bytes += len(data)
-                last_output = text
-                check.last_line_at = at
-                if text.startswith("line "):
-                    check.job_lines += 1
-    check.chunk_bytes = offset
-    if check.chunks == 0:
-        return check
-    if offset != final.get("log_bytes"):
-        check.problems.append(f"chunk bytes {offset} != logBytes {final.get('log_bytes')}")
-    if sha.hexdigest() != final.get("log_sha256"):
-        check.problems.append(f"sha256 of the chunks {sha.hexdigest()[:16]}... != logSha256 "
-                              f"{str(final.get('log_sha256'))[:16]}...")
-    if check.job_lines != lines:
-        check.problems.append(f"{check.job_lines} job lines, expected {lines}")
-    if first_line != f"$ {command}":
-        check.problems.append(f"first line {first_line!r}")
-    if last_output != job_line(lines, lines):
-        check.problems.append(f"last output line {last_output!r}")
+                check.job_lines += text.startswith("line ")
+                last_output, check.last_line_at = text, at
+    if check.chunks:
+        expected = {"chunk bytes == logBytes": (check.chunk_bytes, final.get("log_bytes")),
+                    "sha256 of the chunk text == logSha256": (sha.hexdigest(), final.get("log_sha256")),
+                    "job lines": (check.job_lines, lines),
+                    "first line": (first_line, f"$ {command}"),
+                    "last output line": (last_output, job_line(lines, lines))}
+        check.problems.extend(f"{what}: got {got!r}, expected {want!r}"
+                              for what, (got, want) in expected.items() if got != want)
     return check
 
 
 def worker_run(setup: Setup, db: BackendDB, index: int, lines: int, poll: float, timeout: float,
-               profile: Path | None = None) -> WorkerSample:
+               profile: tuple[Path, str] | None = None) -> WorkerSample:
     """POST one job, wait for its final status at the backend and its flow run's end; read what arrived."""
     command = job_command(lines)
     job_id, dto = new_job(setup, index, [command])
     pid = setup.worker_pid
     hwm_before, rss_before = proc_status(pid, "VmHWM"), proc_status(pid, "VmRSS")
     cpu_before = cpu_of(setup)
-    threads_before = thread_cpu(pid)
-    spy = start_py_spy(pid, profile) if profile else None
+    spy = start_py_spy(pid, *profile) if profile else None
     try:
         with Sampler(pid) as sampler:
             sent, start = time.time(), time.perf_counter()
@@ -573,7 +553,6 @@ def worker_run(setup: Setup, db: BackendDB, index: int, lines: int, poll: float,
             stop_py_spy(spy)
     hwm_after, rss_after = proc_status(pid, "VmHWM"), proc_status(pid, "VmRSS")
     cpu_after = cpu_of(setup)
-    threads_after = thread_cpu(pid)
     history = db.history(job_id)
     final = history[-1]
     statuses = [h["status"] for h in history]
@@ -602,11 +581,9 @@ def worker_run(setup: Setup, db: BackendDB, index: int, lines: int, poll: float,
         "final status received": after(final_at),
         "container destroy": after(container.get("destroy")),
     }
-    busiest = sorted(((tid, cpu - threads_before.get(tid, 0.0)) for tid, cpu in threads_after.items()),
-                     key=lambda item: -item[1])[:4]
     return WorkerSample(job_id, sent, ack_ms, last_line_at - sent, final_at - sent, check, int(final["log_bytes"] or 0),
                         hwm_before, hwm_after, rss_before, max(sampler.peak_kib, rss_before), rss_after,
-                        {k: cpu_after[k] - cpu_before[k] for k in cpu_after}, busiest, marks)
+                        {k: cpu_after[k] - cpu_before[k] for k in cpu_after}, marks)
 
 
 def cpu_of(setup: Setup) -> dict[str, float]:
@@ -646,27 +623,37 @@ def docker_run(setup: Setup, lines: int, timeout: float) -> DockerSample:
             cpu = float(user.group(1)) + float(system.group(1))
     container = setup.events.container("cicd.bench-run", tag)
     marks = {f"container {a}": (container[a] - sent) if a in container else None for a in EngineEvents.ACTIONS}
+    marks["docker CLI exited"] = wall
     return DockerSample(wall, max_rss, cpu, marks)
 
 
 # -- py-spy ------------------------------------------------------------------------------------------------
 
+PROFILE_MODES = {
+    # which thread holds the GIL, where: the worker's Python CPU
+    "gil": ["--gil"],
+    # every thread at every sample, waiting included: where each thread's wall time goes
+    "wall": ["--idle"],
+}
+GENERIC_FRAMES = ("Thread._bootstrap", "Thread._bootstrap_inner", "Thread.run (threading.py)")
+LOG_PATH_THREADS = ("logs-", "logship-", "outbox-sender", "flow_")
 
-def start_py_spy(pid: int, out_dir: Path) -> subprocess.Popen[bytes]:
+
+def start_py_spy(pid: int, out: Path, mode: str) -> subprocess.Popen[bytes]:
     exe = Path(sys.executable).with_name("py-spy")
     if not exe.exists():
         found = shutil.which("py-spy")
         if found is None:
             raise RuntimeError("py-spy not found: .venv/bin/pip install py-spy")
         exe = Path(found)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    spy = subprocess.Popen([str(exe), "record", "--pid", str(pid), "--rate", "100", "--threads", "--format", "raw",
-                            "-o", str(out_dir / "worker.folded")],
-                           stdout=subprocess.DEVNULL, stderr=open(out_dir / "py-spy.log", "wb"),  # noqa: SIM115
-                           start_new_session=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".log"), "wb") as err:
+        spy = subprocess.Popen([str(exe), "record", "--pid", str(pid), "--rate", "100", "--threads",
+                                *PROFILE_MODES[mode], "--format", "raw", "-o", str(out)],
+                               stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
     time.sleep(1.0)  # attached before the job starts
     if spy.poll() is not None:
-        raise RuntimeError(f"py-spy exited at once: {(out_dir / 'py-spy.log').read_text()[-1000:]}")
+        raise RuntimeError(f"py-spy exited at once: {out.with_suffix('.log').read_text()[-1000:]}")
     return spy
 
 
@@ -674,65 +661,116 @@ def stop_py_spy(spy: subprocess.Popen[bytes]) -> None:
     if spy.poll() is None:
         spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
         try:
-            spy.wait(30)
+            spy.wait(60)
         except subprocess.TimeoutExpired:
             spy.kill()
             spy.wait(5)
 
 
 def _frame_name(frame: str) -> str:
-    """``function (path/to/file.py:123)`` -> ``function (file.py)``."""
+    """``function (path/to/file.py:123)`` -> ``function (file.py)`` (package path kept for site-packages)."""
     found = re.match(r"(.*) \((.*?):\d+\)$", frame)
     if not found:
         return frame
     path = found.group(2)
     parts = Path(path).parts
-    short = "/".join(parts[parts.index("site-packages") + 1:]) if "site-packages" in parts else Path(path).name
+    short = "/".join(parts[parts.index("site-packages") + 1:]) if "site-packages" in parts else path
     return f"{found.group(1)} ({short})"
 
 
-def summarise_profile(path: Path, top: int = 15) -> None:
-    """Samples per thread, and the functions where samples were taken (self) and under which (inclusive)."""
-    if not path.exists():
-        print(f"  (no profile at {path})")
-        return
-    per_thread: Counter[str] = Counter()
-    leaf: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    inclusive_by_thread: dict[str, Counter[str]] = defaultdict(Counter)
-    total = 0
+def _thread_label(frame: str) -> str:
+    """``thread (12979): logs-print`` -> ``logs-print``; py-spy's label when it has no name."""
+    return frame.split(": ", 1)[1] if ": " in frame else frame
+
+
+@dataclass
+class Profile:
+    total: int = 0
+    per_thread: Counter[str] = field(default_factory=Counter)
+    leaf: Counter[str] = field(default_factory=Counter)
+    inclusive: Counter[str] = field(default_factory=Counter)
+    leaf_by_thread: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    inclusive_by_thread: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+
+
+def read_profile(path: Path) -> Profile:
+    profile = Profile()
     for raw in path.read_text().splitlines():
         stack, _, count_text = raw.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
         frames = stack.split(";")
-        thread = frames[0]
-        named = [_frame_name(f) for f in frames[1:] if not f.startswith("process ")]
-        total += count
-        per_thread[thread] += count
-        if named:
-            leaf[named[-1]] += count
+        thread = _thread_label(frames[0])
+        named = [_frame_name(f) for f in frames[1:]
+                 if not f.startswith("process ") and not f.startswith(GENERIC_FRAMES)]
+        profile.total += count
+        profile.per_thread[thread] += count
+        leaf = named[-1] if named else "(no Python frame)"
+        profile.leaf[leaf] += count
+        profile.leaf_by_thread[thread][leaf] += count
         for name in set(named):
-            inclusive[name] += count
-            inclusive_by_thread[thread][name] += count
-    if not total:
+            profile.inclusive[name] += count
+            profile.inclusive_by_thread[thread][name] += count
+    return profile
+
+
+def _print_counter(counter: Counter[str], total: int, top: int, indent: str = "    ") -> None:
+    for name, count in counter.most_common(top):
+        print(f"{indent}{100 * count / total:5.1f}%  {name}")
+
+
+def summarise_gil(path: Path, seconds: float, top: int = 20) -> None:
+    """Where the worker's Python runs: samples of the GIL holder, per thread and per function."""
+    if not path.exists():
+        print(f"  (no profile at {path})")
+        return
+    profile = read_profile(path)
+    if not profile.total:
         print("  (no samples)")
         return
-    print(f"  {total} non-idle samples at 100 Hz (~{total / 100:.1f} s of Python busy in the worker's threads)")
-    print("  by thread:")
-    for thread, count in per_thread.most_common(8):
-        print(f"    {100 * count / total:5.1f}%  {thread}")
-    print(f"  self (leaf frame), top {top}:")
-    for name, count in leaf.most_common(top):
-        print(f"    {100 * count / total:5.1f}%  {name}")
-    print(f"  inclusive, top {top}:")
-    for name, count in inclusive.most_common(top):
-        print(f"    {100 * count / total:5.1f}%  {name}")
-    for thread, count in per_thread.most_common(3):
-        print(f"  inclusive within {thread} ({100 * count / total:.1f}% of samples), top 10:")
-        for name, c in inclusive_by_thread[thread].most_common(10):
-            print(f"    {100 * c / count:5.1f}%  {name}")
+    print(f"  GIL held in {profile.total} of ~{seconds * 100:.0f} samples (100 Hz over {seconds:.1f} s): the GIL was "
+          f"busy ~{profile.total / (seconds * 100) * 100:.0f}% of the run")
+    print("  GIL holder by thread:")
+    _print_counter(profile.per_thread, profile.total, 8)
+    print(f"  self (leaf frame) while holding the GIL, top {top}:")
+    _print_counter(profile.leaf, profile.total, top)
+    print(f"  inclusive while holding the GIL, top {top}:")
+    _print_counter(profile.inclusive, profile.total, top)
+    for thread, count in profile.per_thread.most_common(3):
+        print(f"  within {thread} ({100 * count / profile.total:.1f}% of GIL samples), inclusive top 12:")
+        _print_counter(profile.inclusive_by_thread[thread], count, 12, "      ")
+
+
+def summarise_wall(path: Path) -> None:
+    """Where the wall time of the threads that carry the log goes (waiting included)."""
+    if not path.exists():
+        print(f"  (no profile at {path})")
+        return
+    profile = read_profile(path)
+    threads = [t for t in profile.per_thread if t.startswith(LOG_PATH_THREADS)]
+    for thread in sorted(threads, key=lambda t: -profile.per_thread[t]):
+        count = profile.per_thread[thread]
+        print(f"  {thread}: {count} samples (~{count / 100:.1f} s alive); leaf frame top 8:")
+        _print_counter(profile.leaf_by_thread[thread], count, 8, "      ")
+        print("    inclusive top 12:")
+        _print_counter(profile.inclusive_by_thread[thread], count, 12, "      ")
+
+
+def profile_runs(setup: Setup, db: BackendDB, args: argparse.Namespace) -> None:
+    for number, mode in enumerate(PROFILE_MODES, start=1):
+        out = args.profile / f"worker-{mode}.folded"
+        print(f"\nprofile {number}/{len(PROFILE_MODES)}: one more worker run under py-spy record "
+              f"{' '.join(PROFILE_MODES[mode])} (not counted) -> {out}", flush=True)
+        sample = worker_run(setup, db, 100 + number, args.lines, args.poll_ms / 1000, args.timeout,
+                            profile=(out, mode))
+        print(f"  profiled run: last line {sample.last_line_s:.2f} s, final status {sample.final_s:.2f} s, "
+              f"worker CPU {sample.cpu['worker']:.1f} s, "
+              f"{'complete' if not sample.check.problems else 'INCOMPLETE'}")
+        if mode == "gil":
+            summarise_gil(out, sample.final_s)
+        else:
+            summarise_wall(out)
 
 
 # -- report ------------------------------------------------------------------------------------------------------
@@ -775,7 +813,8 @@ def print_summary(worker: list[WorkerSample], docker: list[DockerSample], hwm_st
     hwm_end = worker[-1].hwm_after_kib
     print("\nworker memory (cicd-worker serve process; MiB)")
     print(f"  VmHWM after the warm-up (before run 1) {hwm_start_kib / 1024:8.1f}")
-    print(f"  VmHWM after the last run               {hwm_end / 1024:8.1f}   growth {(hwm_end - hwm_start_kib) / 1024:.1f}")
+    print(f"  VmHWM after the last run               {hwm_end / 1024:8.1f}   "
+          f"growth {(hwm_end - hwm_start_kib) / 1024:.1f}")
     print(f"  per run, VmRSS peak - VmRSS before: median "
           f"{median([(w.rss_peak_kib - w.rss_before_kib) / 1024 for w in worker]):.1f}, max "
           f"{max((w.rss_peak_kib - w.rss_before_kib) / 1024 for w in worker):.1f}; VmRSS after - before: median "
@@ -786,43 +825,50 @@ def print_summary(worker: list[WorkerSample], docker: list[DockerSample], hwm_st
 
     print("\nCPU seconds per run (median)")
     for party in worker[0].cpu:
-        values = [w.cpu[party] for w in worker]
-        print(f"  {party:<28} {median(values):7.2f}   ({median(values) / w_med * 100:.0f}% of one CPU over the "
-              "worker's time)")
+        used = statistics.median([w.cpu[party] for w in worker])
+        print(f"  {party:<28} {used:7.2f}   ({used / w_med * 100:.0f}% of one CPU over the worker's time)")
     cli = [d.cpu_s for d in docker if d.cpu_s is not None]
     if cli:
         print(f"  {'docker CLI (baseline)':<28} {median(cli):7.2f}")
-    threads = worker[len(worker) // 2].threads
-    print("  busiest worker threads, run " f"{len(worker) // 2 + 1} (tid: CPU s): "
-          + ", ".join(f"{tid}: {cpu:.2f}" for tid, cpu in threads))
+
+
+def phase(marks: list[dict[str, float | None]], start: str | None, end: str) -> float | None:
+    """Median of ``end - start`` (``start`` None: the POST / the ``docker run`` start) over the runs that have both."""
+    values = []
+    for m in marks:
+        at, since = m.get(end), (m.get(start) if start else 0.0)
+        if at is not None and since is not None:
+            values.append(at - since)
+    return median(values)
 
 
 def print_timeline(worker: list[WorkerSample], docker: list[DockerSample]) -> None:
-    print("\ntimeline, median over runs (s after the POST / after `docker run` was started)")
-    keys = list(worker[0].marks)
-    print(f"  {'worker':<34} {'at':>8} {'step':>8}")
-    previous = 0.0
-    for key in keys:
-        value = median([w.marks[key] for w in worker if w.marks.get(key) is not None])  # type: ignore[misc]
-        step = None if value is None else value - previous
-        print(f"  {key:<34} {fmt(value, 8)} {fmt(step, 8)}")
-        previous = value if value is not None else previous
-    start_die = median([w.marks["container die"] - w.marks["container start"] for w in worker  # type: ignore[operator]
-                        if w.marks.get("container die") is not None and w.marks.get("container start") is not None])
-    lag = median([w.marks["last line received"] - w.marks["container die"] for w in worker  # type: ignore[operator]
-                  if w.marks.get("container die") is not None])
-    print(f"  {'docker run':<34} {'at':>8} {'step':>8}")
-    previous = 0.0
-    for key in docker[0].marks:
-        value = median([d.marks[key] for d in docker if d.marks.get(key) is not None])  # type: ignore[misc]
-        step = None if value is None else value - previous
-        print(f"  {key:<34} {fmt(value, 8)} {fmt(step, 8)}")
-        previous = value if value is not None else previous
-    d_start_die = median([d.marks["container die"] - d.marks["container start"] for d in docker  # type: ignore[operator]
-                          if d.marks.get("container die") is not None and d.marks.get("container start") is not None])
-    print(f"  container start -> die: worker {fmt(start_die, 0)} s, docker run {fmt(d_start_die, 0)} s "
-          "(the script cannot outrun its reader: output is back-pressured through the attach stream)")
-    print(f"  container die -> last line at the backend (worker): {fmt(lag, 0)} s")
+    print("\ntimeline, median over runs (s after the POST / after `docker run` was started; engine times from "
+          "`docker events`)")
+    sides = (("worker", [w.marks for w in worker]), ("docker run", [d.marks for d in docker]))
+    for side, marks in sides:
+        rows = sorted(((key, phase(marks, None, key)) for key in marks[0]),
+                      key=lambda row: (row[1] is None, row[1] or 0.0))
+        print(f"  {side:<34} {'at':>8} {'step':>8}")
+        previous = 0.0
+        for key, at in rows:
+            print(f"    {key:<32} {fmt(at, 8)} {fmt(None if at is None else at - previous, 8)}")
+            previous = at if at is not None else previous
+    w_marks, d_marks = sides[0][1], sides[1][1]
+    print("  phases (s)                                            worker  docker run")
+    for label, w_value, d_value in (
+        ("POST / CLI start -> container start", phase(w_marks, None, "container start"),
+         phase(d_marks, None, "container start")),
+        ("container start -> die (the script, back-pressured by its reader)",
+         phase(w_marks, "container start", "container die"), phase(d_marks, "container start", "container die")),
+        ("container start -> last line at the backend", phase(w_marks, "container start", "last line received"),
+         None),
+        ("container die -> last line at the backend / CLI exit", phase(w_marks, "container die", "last line received"),
+         phase(d_marks, "container die", "docker CLI exited")),
+        ("last line -> final status at the backend", phase(w_marks, "last line received", "final status received"),
+         None),
+    ):
+        print(f"    {label:<66} {fmt(w_value, 7)} {fmt(d_value, 10) if d_value is not None else ''}")
 
 
 def versions() -> str:
@@ -839,11 +885,8 @@ def worker_config(setup: Setup) -> str:
         config = setup.worker.get("/api/worker/config").json()
     except (httpx.HTTPError, ValueError):
         return "?"
-    keys = ("logChunkBytes", "logChunkIntervalSeconds", "logTailBytes", "prefectLogMaxBytes", "logMaxLineChars")
-    snake = {"logChunkBytes": "log_chunk_bytes", "logChunkIntervalSeconds": "log_chunk_interval_seconds",
-             "logTailBytes": "log_tail_bytes", "prefectLogMaxBytes": "prefect_log_max_bytes",
-             "logMaxLineChars": "log_max_line_chars"}
-    return ", ".join(f"{snake[k]}={config.get(k, config.get(snake[k]))}" for k in keys)
+    keys = ("log_chunk_bytes", "log_chunk_interval_seconds", "log_tail_bytes", "prefect_log_max_bytes")
+    return ", ".join(f"{key}={config.get(key)}" for key in keys)
 
 
 # -- main --------------------------------------------------------------------------------------------------------
@@ -860,7 +903,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra environment of the worker process (repeatable)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
-                        help="one more worker run under py-spy (not counted); raw profile saved in DIR")
+                        help="two more worker runs under py-spy (not counted); collapsed stacks saved in DIR")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, backend.db)")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.lines < 1:
@@ -877,6 +920,8 @@ def main(argv: list[str] | None = None) -> int:
               + (f"; extra worker env: {' '.join(shlex.quote(e) for e in args.worker_env)}" if args.worker_env
                  else ""), flush=True)
         db = BackendDB(setup.db_path)
+        worker: list[WorkerSample] = []
+        docker: list[DockerSample] = []
         try:
             warm = worker_run(setup, db, 0, 1000, args.poll_ms / 1000, args.timeout)
             if warm.check.problems:
@@ -885,8 +930,6 @@ def main(argv: list[str] | None = None) -> int:
             hwm_start = proc_status(setup.worker_pid, "VmHWM")
             print(f"warm-up done (a 1,000-line job each); worker VmHWM {hwm_start / 1024:.1f} MiB; measuring "
                   f"{args.runs} interleaved pairs ...", flush=True)
-            worker: list[WorkerSample] = []
-            docker: list[DockerSample] = []
             for index in range(args.runs):
                 order = ("docker", "worker") if index % 2 else ("worker", "docker")
                 for side in order:
@@ -906,13 +949,7 @@ def main(argv: list[str] | None = None) -> int:
             print_summary(worker, docker, hwm_start)
             print_timeline(worker, docker)
             if args.profile:
-                print(f"\nprofiling one more worker run with py-spy (not counted) -> {args.profile}/worker.folded",
-                      flush=True)
-                profiled = worker_run(setup, db, args.runs + 1, args.lines, args.poll_ms / 1000, args.timeout,
-                                      profile=args.profile)
-                print(f"  profiled run: last line {profiled.last_line_s:.2f} s, worker CPU "
-                      f"{profiled.cpu['worker']:.1f} s")
-                summarise_profile(args.profile / "worker.folded")
+                profile_runs(setup, db, args)
         finally:
             db.close()
     incomplete = sum(1 for w in worker if w.check.problems)

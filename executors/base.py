@@ -50,6 +50,9 @@ class JobSpec:
     """``success`` (collect only when the script succeeded) or ``always``."""
     max_artifact_bytes: int = 100 * 1024 * 1024
     max_job_artifact_bytes: int = 1024 * 1024 * 1024
+    pids_limit: int | None = 1024
+    memory_limit: str | None = None
+    privileged: bool = False
 
 
 @dataclass

@@ -9,8 +9,11 @@ the container is always removed.
 
 from __future__ import annotations
 
+import io
 import logging
+import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +32,8 @@ log = logging.getLogger(__name__)
 
 LABEL_JOB = "cicd.job-execution-id"
 LABEL_WORKER = "cicd.worker-id"
+SCRIPT_PATH = "/.cicd-job-script.sh"
+_MAX_INLINE_SCRIPT_BYTES = 100 * 1024
 _WAIT_STEP_SECONDS = 0.5
 
 
@@ -141,20 +146,33 @@ class DockerExecutor:
 
     def _create(self, spec: JobSpec) -> Container:
         labels = {**spec.labels, LABEL_JOB: spec.job_execution_id, LABEL_WORKER: self.worker_id}
-        return self.client.containers.create(
+        script = build_shell_script(spec.script)
+        # The kernel caps one argument at 128 KiB: a longer program goes in as a file (one more API call).
+        as_file = len(script.encode()) > _MAX_INLINE_SCRIPT_BYTES
+        container = self.client.containers.create(
             spec.image,
-            entrypoint=["/bin/sh", "-c"],
-            command=[build_shell_script(spec.script)],
+            entrypoint=["/bin/sh"],
+            command=[SCRIPT_PATH] if as_file else ["-c", script],
             working_dir=spec.working_dir,
             environment=spec.env,
             labels=labels,
             init=True,
             network_mode=spec.network,
             security_opt=["no-new-privileges"],
+            privileged=spec.privileged,
+            pids_limit=spec.pids_limit,
+            mem_limit=spec.memory_limit,
             volumes={spec.workspace_volume: {"bind": spec.workspace_mount, "mode": "rw"}}
             if spec.workspace_volume else None,
             detach=True,
         )
+        if as_file:
+            try:
+                container.put_archive("/", script_archive(script))
+            except Exception:
+                self._remove(container)
+                raise
+        return container
 
     def _supervise(self, container: Container, spec: JobSpec, log_sink: LogSink,
                    cancel: threading.Event) -> JobResult:
@@ -247,6 +265,17 @@ class DockerExecutor:
         return removed
 
 
+def script_archive(script: str) -> bytes:
+    """A tar holding the job's shell program at ``SCRIPT_PATH`` (relative to ``/``)."""
+    data = script.encode()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        info = tarfile.TarInfo(SCRIPT_PATH.lstrip("/"))
+        info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+        archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
 def _pump(stream: Iterator[bytes], splitter: LineSplitter) -> None:
     try:
         for chunk in stream:
@@ -261,8 +290,6 @@ def _is_read_timeout(exc: BaseException) -> bool:
 
 
 def _monotonic() -> float:
-    import time
-
     return time.monotonic()
 
 

@@ -13,7 +13,7 @@ from flows.cancel_watch import PrefectCancelWatcher
 from flows.dependencies import wait_for_dependencies
 from flows.job_task import job_task, new_job_run
 from flows.reporting import JobReporter
-from flows.runtime import JobRecord, get_backend, get_outbox, get_registry
+from flows.runtime import JobRecord, get_backend, get_inflight, get_outbox, get_registry
 from flows.workspace import job_workspace_name, workspace
 from worker_api.models import ExecutionStatus, JobExecutionDTO
 from worker_api.settings import get_settings
@@ -47,7 +47,7 @@ def execute_job(job_execution: dict[str, Any]) -> Any:
     settings = get_settings()
     record, _ = get_registry().claim(job.id, job.job.name, job.pipeline_execution_id)
     record.flow_run_id = record.flow_run_id or runtime_flow_run.id
-    reporter = JobReporter(job, record, get_outbox(), settings)
+    reporter = JobReporter(job, record, get_outbox(), get_inflight(), settings)
     with PrefectCancelWatcher(runtime_flow_run.id, lambda: [record]):
         return _run_job(job, record, reporter)
 

@@ -28,6 +28,7 @@ from flows.job_log import JobLog
 from flows.reporting import JobReporter, hook_attempt
 from flows.runtime import get_executor
 from worker_api.models import ExecutionStatus, JobExecutionDTO
+from worker_api.recovery import LABEL_FLOW_RUN
 from worker_api.settings import Settings, get_settings
 
 
@@ -63,13 +64,17 @@ def job_spec(job: JobExecutionDTO, settings: Settings, workspace_volume: str | N
         workspace_volume=workspace_volume, workspace_mount=settings.default_working_dir,
         artifacts=tuple(job.job.artifacts), artifacts_when=job.job.artifacts_when or settings.artifacts_when,
         max_artifact_bytes=settings.max_artifact_bytes, max_job_artifact_bytes=settings.max_job_artifact_bytes,
+        pids_limit=settings.container_pids_limit, memory_limit=settings.container_memory_limit,
+        privileged=settings.privileged,
     )
 
 
 def new_job_run(job: JobExecutionDTO, reporter: JobReporter, settings: Settings,
                 workspace_volume: str | None = None) -> JobRun:
     explicit = job.job.retries
-    return JobRun(job, job_spec(job, settings, workspace_volume), reporter, reporter.record.cancel,
+    spec = job_spec(job, settings, workspace_volume)
+    spec.labels[LABEL_FLOW_RUN] = str(reporter.record.flow_run_id or "")
+    return JobRun(job, spec, reporter, reporter.record.cancel,
                   retries=settings.max_retries if explicit is None else explicit,
                   script_retries=bool(explicit))
 

@@ -24,7 +24,7 @@ from flows.job_task import JobRun, job_task, new_job_run
 from flows.pipeline_plan import PipelineRun, load_pipeline
 from flows.planning import Outcome, Scheduler
 from flows.reporting import JobReporter
-from flows.runtime import get_backend, get_outbox, get_registry
+from flows.runtime import get_backend, get_inflight, get_outbox, get_registry
 from flows.workspace import pipeline_workspace_name, workspace
 from worker_api.models import ExecutionStatus
 from worker_api.settings import get_settings
@@ -56,7 +56,7 @@ class PipelineDriver:
         job = self.pipeline.jobs[job_id]
         record, _ = get_registry().claim(job.id, job.job.name, job.pipeline_execution_id)
         record.flow_run_id = runtime_flow_run.id
-        return JobReporter(job, record, get_outbox(), self.settings)
+        return JobReporter(job, record, get_outbox(), get_inflight(), self.settings)
 
     def run(self) -> None:
         self._submit_ready()

@@ -17,6 +17,7 @@ from flows.log_shipping import LogShipper
 from flows.runtime import JobRecord
 from worker_api.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate
 from worker_api.outbox import Outbox
+from worker_api.recovery import InflightJobs
 from worker_api.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,12 +38,15 @@ def new_job_log(job: JobExecutionDTO, settings: Settings) -> JobLog:
 class JobReporter:
     """Sends one job execution's statuses and live log to the backend; mirrors them in the local record."""
 
-    def __init__(self, job: JobExecutionDTO, record: JobRecord, outbox: Outbox, settings: Settings) -> None:
+    def __init__(self, job: JobExecutionDTO, record: JobRecord, outbox: Outbox, inflight: InflightJobs,
+                 settings: Settings) -> None:
         self.job = job
         self.record = record
         self.outbox = outbox
         self.log = new_job_log(job, settings)
         self.final_sent = False
+        self._inflight = inflight
+        inflight.add(job.id, record.flow_run_id, job.job.name)
         self._shipper: LogShipper | None = None
         self._chunk_interval = settings.log_chunk_interval_seconds
 

@@ -15,6 +15,7 @@ from executors.docker_executor import DockerExecutor
 from worker_api.backend_client import BackendClient
 from worker_api.models import ExecutionStatus, JobView
 from worker_api.outbox import Outbox
+from worker_api.recovery import InflightJobs
 from worker_api.settings import get_settings
 
 
@@ -62,6 +63,21 @@ class JobRegistry:
             self._records[job_execution_id] = record
             return record, True
 
+    def unfinished(self) -> int:
+        """Jobs accepted and not final yet (queued, waiting or running)."""
+        with self._lock:
+            return sum(1 for record in self._records.values() if not record.status.is_final)
+
+    def prune(self, keep: int = 10_000) -> None:
+        """Forget the oldest final records beyond ``keep``, so months of jobs do not grow memory."""
+        with self._lock:
+            excess = len(self._records) - keep
+            if excess <= 0:
+                return
+            finals = sorted((r for r in self._records.values() if r.status.is_final), key=lambda r: r.accepted_at)
+            for record in finals[:excess]:
+                del self._records[record.job_execution_id]
+
     def get(self, job_execution_id: UUID) -> JobRecord | None:
         with self._lock:
             return self._records.get(job_execution_id)
@@ -100,6 +116,11 @@ def get_outbox() -> Outbox:
 
 
 @lru_cache(maxsize=1)
+def get_inflight() -> InflightJobs:
+    return InflightJobs(get_settings().state_dir)
+
+
+@lru_cache(maxsize=1)
 def get_registry() -> JobRegistry:
     return JobRegistry()
 
@@ -107,5 +128,5 @@ def get_registry() -> JobRegistry:
 def reset() -> None:
     """Forget every process-wide part (tests that change settings call this)."""
     get_settings.cache_clear()
-    for accessor in (get_executor, get_backend, get_registry, get_outbox):
+    for accessor in (get_executor, get_backend, get_registry, get_outbox, get_inflight):
         accessor.cache_clear()

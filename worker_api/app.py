@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -15,13 +16,17 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from flows.planning import PlanningError
-from flows.runtime import get_outbox, get_registry
+from flows.runtime import get_executor, get_inflight, get_outbox, get_registry
 from worker_api.backend_client import BackendRejected
 from worker_api.dispatch import FlowDispatcher
 from worker_api.health import health_report
+from worker_api.lifecycle import DRAIN
+from worker_api.limits import RETRY_AFTER_SECONDS, BodyTooLarge, QueueFull, RequestGuard
 from worker_api.models import ExecuteAccepted, JobExecutionDTO, JobView, PipelineExecuteRequest
+from worker_api.recovery import recover
 from worker_api.settings import get_settings
 
+log = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False)
 
 
@@ -54,19 +59,44 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content={"error": message, "field": field, "detail": detail})
 
 
+async def _queue_full(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(status_code=429, content={"error": f"worker busy: {exc}"},
+                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+async def _body_too_large(request: Request, exc: Exception) -> JSONResponse:
+    limit = get_settings().max_request_bytes
+    return JSONResponse(status_code=413, content={"error": f"request body over {limit} bytes", "field": "body"})
+
+
+def _start_up() -> None:
+    """Send what a previous life left in the outbox, and report the jobs a crash cut off."""
+    outbox = get_outbox()
+    try:
+        count = recover(get_executor(), outbox, get_inflight(), get_settings().log_tail_bytes)
+    except Exception as exc:  # the engine may be down: health says so, and the next start retries
+        log.error("start-up recovery failed: %s", exc)
+        return
+    if count:
+        log.warning("reported %d job(s) cut off by the previous worker life", count)
+
+
 def create_app(dispatcher: FlowDispatcher | None = None) -> FastAPI:
     """The FastAPI application; the dispatcher is made at start-up unless one is given."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.dispatcher = dispatcher or FlowDispatcher()
-        await run_in_threadpool(get_outbox)  # items left undelivered by a previous life go out now
+        await run_in_threadpool(_start_up)
         yield
         app.state.dispatcher.shutdown(wait=False)
 
     app = FastAPI(title="cicd-worker", version="0.1.0", lifespan=lifespan,
                   description="Runs CI/CD jobs in Docker containers as Prefect flow runs.")
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(QueueFull, _queue_full)
+    app.add_exception_handler(BodyTooLarge, _body_too_large)
+    app.add_middleware(RequestGuard, max_bytes=get_settings().max_request_bytes)
     _add_job_routes(app)
     _add_pipeline_routes(app)
     _add_worker_routes(app)
@@ -126,4 +156,6 @@ def _add_worker_routes(app: FastAPI) -> None:
     @app.get("/api/worker/health")
     async def worker_health() -> JSONResponse:
         report, up = await run_in_threadpool(health_report)
+        if DRAIN.started.is_set():
+            report.status, up = "DRAINING", False
         return JSONResponse(status_code=200 if up else 503, content=report.model_dump(mode="json"))

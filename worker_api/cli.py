@@ -60,7 +60,9 @@ def serve(host: str | None, port: int | None) -> int:
         ui = api_url.removesuffix("/api")
         print(f"cicd-worker {settings.worker_id}: API http://{host}:{port}/docs  Prefect UI {ui}  "
               f"backend {settings.backend_url}", file=sys.stderr, flush=True)
-        uvicorn.run(create_app(), host=host, port=port, log_level="info")
+        from worker_api.lifecycle import DrainingServer
+
+        DrainingServer(uvicorn.Config(create_app(), host=host, port=port, log_level="info")).run()
     return 0
 
 

@@ -23,7 +23,9 @@ from flows.job_flow import execute_job, job_run_name, job_tags
 from flows.pipeline_flow import execute_pipeline, pipeline_run_name
 from flows.pipeline_plan import load_pipeline
 from flows.runtime import JobRecord, get_backend, get_registry
+from worker_api.limits import QueueFull
 from worker_api.models import ExecutionStatus, JobExecutionDTO
+from worker_api.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class FlowDispatcher:
             return known, False
         try:
             planned = load_pipeline(get_backend(), pipeline_execution_id)
+            self._check_room(len(planned.jobs))
             params = {"pipeline_execution_id": str(pipeline_execution_id), "pipeline": planned.to_params()}
             record.flow_run_id = self._create_flow_run(
                 execute_pipeline, params, pipeline_run_name(pipeline_execution_id),
@@ -78,7 +81,10 @@ class FlowDispatcher:
 
         Returns the record and whether a new flow run was started.
         """
-        record, created = get_registry().claim(job.id, job.job.name, job.pipeline_execution_id)
+        registry = get_registry()
+        if registry.get(job.id) is None:
+            self._check_room(1)
+        record, created = registry.claim(job.id, job.job.name, job.pipeline_execution_id)
         if not created:
             record.dispatched.wait(_DISPATCH_WAIT_SECONDS)
             return record, False
@@ -92,6 +98,14 @@ class FlowDispatcher:
         record.dispatched.set()
         self._pool.submit(self._run, execute_job, flow_run_id, params, record)
         return record, True
+
+    @staticmethod
+    def _check_room(jobs: int) -> None:
+        registry, limit = get_registry(), get_settings().max_queued_jobs
+        registry.prune()
+        unfinished = registry.unfinished()
+        if unfinished + jobs > limit:
+            raise QueueFull(f"{unfinished} jobs accepted and unfinished; the limit is {limit}")
 
     @staticmethod
     def _create_flow_run(flow: Flow, params: dict[str, Any], name: str, tags: list[str]) -> UUID:

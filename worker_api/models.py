@@ -56,6 +56,10 @@ _IMAGE_RE = re.compile(
 )
 
 
+MAX_SCRIPT_LINES = 5000
+MAX_SCRIPT_BYTES = 512 * 1024
+
+
 class WireModel(BaseModel):
     """Base of every payload: camelCase aliases, snake_case names also accepted, unknown fields ignored."""
 
@@ -84,6 +88,17 @@ class JobDTO(WireModel):
     artifacts_when: Literal["success", "always"] | None = None
     created_at: Timestamp | None = None
     updated_at: Timestamp | None = None
+
+    @field_validator("script")
+    @classmethod
+    def _script_size(cls, value: list[str]) -> list[str]:
+        # Bounded so that one request cannot make the worker build and ship an arbitrarily large program.
+        if len(value) > MAX_SCRIPT_LINES:
+            raise ValueError(f"script has {len(value)} lines; at most {MAX_SCRIPT_LINES} are allowed")
+        size = sum(len(line.encode()) for line in value)
+        if size > MAX_SCRIPT_BYTES:
+            raise ValueError(f"script is {size} bytes; at most {MAX_SCRIPT_BYTES} are allowed")
+        return value
 
     @field_validator("docker_image")
     @classmethod

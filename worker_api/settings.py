@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     max_artifact_bytes: int = Field(default=100 * 1024 * 1024, ge=1, description="per artifact file")
     max_job_artifact_bytes: int = Field(default=1024 * 1024 * 1024, ge=1, description="all artifacts of one job")
     artifact_wait_seconds: float = Field(default=60.0, ge=0, description="how long a job waits for its uploads")
+    shutdown_grace_seconds: float = Field(default=60.0, ge=0, description="running jobs may finish on SIGTERM")
+    shutdown_flush_seconds: float = Field(default=30.0, ge=0, description="outbox flush at shutdown")
+    max_queued_jobs: int = Field(default=200, ge=1, description="accepted, unfinished jobs; beyond: 429")
+    max_request_bytes: int = Field(default=1_048_576, ge=1024, description="request bodies larger are refused 413")
+    container_pids_limit: int = Field(default=1024, ge=16)
+    container_memory_limit: str | None = Field(default="4g", description="docker memory limit, e.g. 512m")
+    privileged: bool = Field(default=False, description="run job containers privileged (never by default)")
     state_dir: Path = Path(os.path.expanduser("~/.cicd-worker"))
     # The issue names it WORKER_ID (not WORKER_WORKER_ID): an alias bypasses the prefix.
     worker_id: str = Field(default_factory=socket.gethostname, validation_alias=AliasChoices("WORKER_ID", "worker_id"))

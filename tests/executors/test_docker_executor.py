@@ -36,13 +36,13 @@ def executor(docker_client: docker.DockerClient) -> DockerExecutor:
 
 @dataclass
 class Run:
-    """One job run through the executor, with what it printed and the engine events it caused."""
+    """One job run through the executor: its spec, cancel event, printed lines and outcome."""
 
     spec: JobSpec
     lines: list[str] = field(default_factory=list)
     cancel: threading.Event = field(default_factory=threading.Event)
     result: JobResult | None = None
-    error: BaseException | None = None
+    error: Exception | None = None
     started_at: float = 0.0  # wall clock, for the engine's event filter
     elapsed: float = 0.0
 
@@ -51,7 +51,7 @@ class Run:
         begin = time.monotonic()
         try:
             self.result = executor.run(self.spec, self.lines.append, self.cancel)
-        except BaseException as exc:  # kept for the test thread to re-raise or inspect
+        except Exception as exc:  # kept for the test's thread to re-raise or inspect
             self.error = exc
         finally:
             self.elapsed = time.monotonic() - begin
@@ -100,8 +100,8 @@ def assert_cleaned_up(client: docker.DockerClient, run: Run) -> None:
     assert actions.count("create") == 1 and actions.count("destroy") == 1, actions
 
 
-def test_output_lines_arrive_in_order_including_stderr(executor: DockerExecutor,
-                                                       docker_client: docker.DockerClient) -> None:
+def test_output_lines_arrive_in_order_per_stream_including_stderr(executor: DockerExecutor,
+                                                                  docker_client: docker.DockerClient) -> None:
     run = Run(make_spec("echo one", "echo two >&2", "echo three", "echo four >&2")).execute(executor)
     result = run.outcome()
     assert result.exit_code == 0 and result.succeeded

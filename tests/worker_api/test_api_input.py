@@ -67,7 +67,8 @@ def test_health_is_up_with_every_check(worker: WorkerProcess) -> None:
     report = httpx.get(f"{worker.url}/api/worker/health").json()
     assert report["status"] == "UP"
     assert {name: check["status"] for name, check in report["checks"].items()} == {
-        "docker": "UP", "prefect": "UP", "backend": "UP"}
+        "docker": "UP", "prefect": "UP", "backend": "UP", "outbox": "UP"}
+    assert report["checks"]["outbox"]["depth"] >= 0 and "oldestAgeSeconds" in report["checks"]["outbox"]
 
 
 def test_health_is_503_when_docker_is_unreachable(make_worker, tmp_path) -> None:

@@ -1,0 +1,100 @@
+"""What a worker restarted after a crash does first: finish the story of the jobs of its previous life.
+
+Every job this worker accepted is written down (SQLite, under ``WORKER_STATE_DIR``) until its final
+status is queued in the outbox. At start-up, jobs still written down were cut off by the crash: each is
+reported ``FAILED`` ("worker restarted while the job was running", with the log captured so far from its
+container), its container and workspace volume are removed, and its Prefect flow run is marked Crashed
+instead of being left Running. Containers and volumes with this worker's label but no record go too.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import docker.errors
+from prefect.client.orchestration import get_client
+from prefect.states import Crashed
+
+from executors.docker_executor import LABEL_JOB, LABEL_WORKER, DockerExecutor
+from worker_api.models import ExecutionStatus, JobStatusUpdate
+from worker_api.outbox import Outbox
+
+log = logging.getLogger(__name__)
+RESTART_NOTE = "[cicd-worker] worker restarted while the job was running: job FAILED"
+RESTART_BEFORE_START_NOTE = "[cicd-worker] worker restarted before the job started: job FAILED"
+LABEL_FLOW_RUN = "cicd.flow-run-id"
+
+
+class InflightJobs:
+    """Job executions accepted and not yet final, kept on disk across crashes."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(state_dir / "inflight.db", check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS inflight (job_execution_id TEXT PRIMARY KEY, "
+                         "flow_run_id TEXT, name TEXT, accepted_at REAL NOT NULL)")
+        self._lock = threading.Lock()
+
+    def add(self, job_execution_id: UUID, flow_run_id: UUID | None, name: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO inflight VALUES (?, ?, ?, ?)",
+                             (str(job_execution_id), str(flow_run_id) if flow_run_id else None, name, time.time()))
+
+    def remove(self, job_execution_id: UUID) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM inflight WHERE job_execution_id=?", (str(job_execution_id),))
+
+    def all(self) -> list[tuple[str, str | None, str]]:
+        with self._lock:
+            return list(self._db.execute("SELECT job_execution_id, flow_run_id, name FROM inflight"))
+
+
+def recover(executor: DockerExecutor, outbox: Outbox, inflight: InflightJobs, tail_bytes: int) -> int:
+    """Report and clean up what a previous life of this worker left; returns the number of jobs reported."""
+    containers = {c.labels.get(LABEL_JOB): c for c in executor.client.containers.list(
+        all=True, filters={"label": f"{LABEL_WORKER}={executor.worker_id}"})}
+    reported = 0
+    for job_execution_id, flow_run_id, name in inflight.all():
+        container = containers.pop(job_execution_id, None)
+        captured = _captured_log(container, tail_bytes) if container is not None else ""
+        outbox.put_status(JobStatusUpdate(job_execution_id=UUID(job_execution_id), status=ExecutionStatus.FAILED,
+                                          logs=captured + (RESTART_NOTE if container else RESTART_BEFORE_START_NOTE)
+                                          + "\n"))
+        log.warning("job %s (%s) was cut off by a worker restart: reported FAILED", name, job_execution_id)
+        flow_run_id = flow_run_id or (container.labels.get(LABEL_FLOW_RUN) if container is not None else None)
+        if flow_run_id:
+            _mark_crashed(flow_run_id)
+        if container is not None:
+            container.remove(force=True)
+        inflight.remove(UUID(job_execution_id))
+        reported += 1
+    for container in containers.values():  # labelled but unknown: nothing to report, just remove
+        container.remove(force=True)
+    for volume in executor.client.volumes.list(filters={"label": f"{LABEL_WORKER}={executor.worker_id}"}):
+        executor.remove_volume(volume.name)
+    return reported
+
+
+def _captured_log(container: docker.models.containers.Container, tail_bytes: int) -> str:
+    try:
+        raw = container.logs(stdout=True, stderr=True)
+    except docker.errors.APIError as exc:
+        return f"[cicd-worker] could not read the container's log: {exc}\n"
+    text = raw[-tail_bytes:].decode("utf-8", errors="replace")
+    return text if not text or text.endswith("\n") else text + "\n"
+
+
+def _mark_crashed(flow_run_id: str) -> None:
+    try:
+        with get_client(sync_client=True) as client:
+            state: Any = Crashed(message="worker restarted while the run was in flight")
+            client.set_flow_run_state(UUID(flow_run_id), state, force=True)
+    except Exception as exc:  # Prefect may be down; the backend report matters more
+        log.error("could not mark flow run %s crashed: %s", flow_run_id, exc)
