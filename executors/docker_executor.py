@@ -22,6 +22,7 @@ import docker
 import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
+from docker.utils import parse_repository_tag
 
 from executors.artifacts import ArtifactCollection, ArtifactCollector
 from executors.base import JobResult, JobSpec, LogSink
@@ -135,12 +136,14 @@ class DockerExecutor:
 
     def _pull(self, image: str) -> None:
         # The high-level pull hides errors that arrive inside the progress stream: read it ourselves.
-        repository, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "")
+        repository, tag = parse_repository_tag(image)  # handles registry ports and @sha256 digests
+        deadline = time.monotonic() + self.pull_timeout_seconds
         try:
-            for line in self.client.api.pull(repository or image, tag=tag or "latest", stream=True,
-                                             decode=True):
+            for line in self.client.api.pull(repository, tag=tag or "latest", stream=True, decode=True):
                 if isinstance(line, dict) and line.get("error"):
                     raise ImageUnavailable(f"could not pull image {image!r}: {line['error']}")
+                if time.monotonic() > deadline:
+                    raise ImageUnavailable(f"pulling image {image!r} took longer than {self.pull_timeout_seconds:g} s")
         except docker.errors.APIError as exc:
             raise ImageUnavailable(f"could not pull image {image!r}: {exc.explanation or exc}") from exc
 

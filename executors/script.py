@@ -14,7 +14,11 @@ def build_shell_script(lines: Sequence[str]) -> str:
     Each line is echoed as ``$ line`` first, like GitLab does, and its exit status is checked right
     after it: ``set -e`` is not used because it is silently disabled inside ``if``/``&&`` contexts.
     """
-    parts: list[str] = []
+    # One stream: stdout and stderr go through separate pipes that the engine copies independently,
+    # which reorders lines; merged at the source, the log reads in the order things happened.
+    if not lines:
+        return ""
+    parts: list[str] = ["exec 2>&1"]
     for number, line in enumerate(lines, start=1):
         parts.append(f"printf '%s\\n' {shlex.quote('$ ' + line)}")
         parts.append(line)

@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 
@@ -36,7 +36,10 @@ def parse_timestamp(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError("a timestamp cannot be a boolean")
     if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, tz=UTC)
+        try:
+            return datetime.fromtimestamp(value, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(f"epoch seconds out of range: {value}") from None
     if isinstance(value, list | tuple):
         if not 3 <= len(value) <= 7 or not all(isinstance(v, int) for v in value):
             raise ValueError("a Jackson timestamp array is [year, month, day, hour, minute, second, nanos]")
@@ -46,7 +49,12 @@ def parse_timestamp(value: Any) -> Any:
     return value
 
 
-Timestamp = Annotated[datetime, BeforeValidator(parse_timestamp)]
+def assume_utc(value: datetime) -> datetime:
+    """A time without offset (Jackson's ``LocalDateTime`` as a string) is UTC, like the other shapes."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+Timestamp = Annotated[datetime, BeforeValidator(parse_timestamp), AfterValidator(assume_utc)]
 
 # Docker image reference: [registry[:port]/]path[:tag][@digest], lower-case path components.
 _IMAGE_RE = re.compile(
@@ -103,7 +111,7 @@ class JobDTO(WireModel):
     @field_validator("docker_image")
     @classmethod
     def _image_reference(cls, value: str) -> str:
-        if not _IMAGE_RE.match(value):
+        if not _IMAGE_RE.fullmatch(value):
             raise ValueError(f"not a valid image reference: {value!r}")
         return value
 

@@ -113,10 +113,6 @@ def test_output_lines_arrive_in_order_per_stream_including_stderr(executor: Dock
     assert_cleaned_up(docker_client, run)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "stdout and stderr reach the engine through two pipes copied independently, so lines written in "
-    "one order arrive in another (even stderr before the first '$ ' line); fix: start the script built "
-    "by executors.script.build_shell_script with 'exec 2>&1'"))
 def test_stdout_and_stderr_lines_keep_the_order_they_were_written_in(executor: DockerExecutor) -> None:
     loop = "for i in $(seq 1 500); do echo out$i; echo err$i >&2; done"
     run = Run(make_spec("echo one", "echo two >&2", loop)).execute(executor)

@@ -34,14 +34,15 @@ def run_sh(script: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("line", TRICKY_LINES)
 def test_echo_of_each_line_quotes_it_exactly(line: str) -> None:
     script = build_shell_script([line])
-    echo, _, rest = script.partition("\n" + line + "\n")
+    assert script.startswith("exec 2>&1\n"), "stderr is merged into stdout at the source, to keep line order"
+    echo, _, rest = script.removeprefix("exec 2>&1\n").partition("\n" + line + "\n")
     assert rest, "the line itself follows its echo verbatim"
     assert shlex.split(echo) == ["printf", "%s\\n", "$ " + line]
 
 
 def test_lines_with_quotes_dollars_and_newlines_are_echoed_then_run() -> None:
     result = run_sh(build_shell_script(TRICKY_LINES))
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout
     expected_output = [
         "single quoted $HOME",
         'double "quoted" /home/ci',
@@ -62,8 +63,8 @@ def test_lines_with_quotes_dollars_and_newlines_are_echoed_then_run() -> None:
 def test_first_failing_line_stops_the_program_with_its_exit_code() -> None:
     result = run_sh(build_shell_script(["echo before", "sh -c 'exit 4'", "echo after"]))
     assert result.returncode == 4
-    assert result.stdout == "$ echo before\nbefore\n$ sh -c 'exit 4'\n"
-    assert result.stderr == f"{FAILED_LINE_MARK} 2 failed with exit code 4\n"
+    assert result.stdout == f"$ echo before\nbefore\n$ sh -c 'exit 4'\n{FAILED_LINE_MARK} 2 failed with exit code 4\n"
+    assert result.stderr == ""
 
 
 def test_failure_is_caught_where_set_e_would_ignore_it() -> None:
@@ -71,7 +72,7 @@ def test_failure_is_caught_where_set_e_would_ignore_it() -> None:
     result = run_sh(build_shell_script(["false && true", "echo after"]))
     assert result.returncode == 1
     assert "after\n" not in result.stdout
-    assert f"{FAILED_LINE_MARK} 1 failed with exit code 1" in result.stderr
+    assert f"{FAILED_LINE_MARK} 1 failed with exit code 1" in result.stdout
 
 
 def test_lines_share_one_shell() -> None:
@@ -84,4 +85,4 @@ def test_empty_script_succeeds_silently() -> None:
     script = build_shell_script([])
     assert script.strip() == ""
     result = run_sh(script)
-    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert (result.returncode, result.stdout, result.stdout) == (0, "", "")

@@ -84,11 +84,6 @@ def test_jackson_arrays_without_seconds_and_with_nanos() -> None:
     assert dto.completion_time == datetime(2025, 3, 5, 14, 30, 7, 999999, tzinfo=UTC)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an ISO string without offset (a LocalDateTime written with WRITE_DATES_AS_TIMESTAMPS off) is kept "
-    "naive while the array and epoch forms of the same instant are UTC-aware, so they compare unequal and "
-    "subtracting them raises TypeError; fix: in parse_timestamp, parse str values with "
-    "datetime.fromisoformat and add tzinfo=UTC when naive (as the array form does)"))
 def test_iso_timestamp_without_offset_is_utc_like_the_array_form() -> None:
     naive = JobExecutionDTO.model_validate(jackson_payload(startTime="2025-03-05T14:30:07"))
     array = JobExecutionDTO.model_validate(jackson_payload(startTime=[2025, 3, 5, 14, 30, 7]))
@@ -103,11 +98,6 @@ def test_bad_timestamp_is_refused_naming_the_field(stamp: Any) -> None:
     assert error_locations(exc) == [("startTime",)]
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=(
-    "an epoch number beyond the platform's time_t makes datetime.fromtimestamp raise OverflowError, which "
-    "pydantic does not turn into a ValidationError, so the payload is not refused naming the field (the "
-    "API answers 500); fix: in parse_timestamp catch (OverflowError, OSError) around fromtimestamp and "
-    "raise ValueError('epoch seconds out of range')"))
 def test_out_of_range_epoch_is_refused_naming_the_field() -> None:
     with pytest.raises(ValidationError) as exc:
         JobExecutionDTO.model_validate(jackson_payload(startTime=1e20))
@@ -174,10 +164,6 @@ def test_bad_image_reference_is_refused_naming_the_field(image: str) -> None:
     assert error_locations(exc) == [("job", "dockerImage")]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_IMAGE_RE ends in '$', which also matches before a trailing newline, so 'alpine:3.20\\n' passes "
-    "validation and only fails later at the engine (as a retryable EngineUnavailable); fix: use "
-    "_IMAGE_RE.fullmatch(value) (or end the pattern with \\Z) in JobDTO._image_reference"))
 def test_image_reference_with_trailing_newline_is_refused() -> None:
     with pytest.raises(ValidationError) as exc:
         JobExecutionDTO.model_validate(jackson_payload(job={"dockerImage": "alpine:3.20\n"}))
