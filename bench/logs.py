@@ -202,7 +202,12 @@ class Sampler:
 
 
 class EngineEvents:
-    """A ``docker events`` child process streamed for the whole session (container lifecycle only)."""
+    """A ``docker events`` child process streamed for the whole session (container lifecycle only).
+
+    The stream is restarted from the last event seen when it ends (an engine restart by someone else ends
+    it), and a run whose container is missing from the stream is looked up with a bounded
+    ``docker events --since --until`` query.
+    """
 
     ACTIONS = ("create", "start", "die", "destroy")
 
@@ -211,40 +216,69 @@ class EngineEvents:
         self._lock = threading.Lock()
         self._process: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._since = time.time()
+
+    def _filters(self) -> list[str]:
+        return ["--filter", "type=container",
+                *[arg for action in self.ACTIONS for arg in ("--filter", f"event={action}")],
+                "--format", "{{json .}}"]
 
     def start(self) -> EngineEvents:
-        filters = [arg for action in self.ACTIONS for arg in ("--filter", f"event={action}")]
-        self._process = subprocess.Popen(
-            ["docker", "events", "--filter", "type=container", *filters, "--format", "{{json .}}"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self._reader = threading.Thread(target=self._read, name="docker-events", daemon=True)
         self._reader.start()
         return self
 
     def _read(self) -> None:
-        assert self._process is not None and self._process.stdout is not None
-        for line in self._process.stdout:
-            with contextlib.suppress(ValueError, KeyError):
-                event = json.loads(line)
-                with self._lock:
-                    self._events.append(event)
+        while True:
+            with self._lock:  # stop() sets the flag under the lock: no stream is started after it
+                if self._stopping.is_set():
+                    return
+                process = self._process = subprocess.Popen(
+                    ["docker", "events", "--since", f"{self._since:.6f}", *self._filters()],
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            assert process.stdout is not None
+            for line in process.stdout:
+                with contextlib.suppress(ValueError, KeyError):
+                    event = json.loads(line)
+                    with self._lock:
+                        self._events.append(event)
+                    self._since = max(self._since, event["timeNano"] / 1e9)
+            process.wait()
+            self._stopping.wait(0.5)
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
+        with self._lock:
+            self._stopping.set()
+            process = self._process
+        if process is not None and process.poll() is None:
+            process.terminate()
             try:
-                self._process.wait(5)
+                process.wait(5)
             except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(5)
+                process.kill()
+                process.wait(5)
         if self._reader is not None:
             self._reader.join(5)
 
-    def container(self, label: str, value: str) -> dict[str, float]:
+    def container(self, label: str, value: str, since: float) -> dict[str, float]:
         """Epoch seconds of each lifecycle action of the (first) container with that label value."""
         time.sleep(0.3)  # let the stream catch up with the engine
         with self._lock:
-            events = list(self._events)
+            found = self._pick(self._events, label, value)
+        if "create" in found and "destroy" in found:
+            return found
+        query = subprocess.run(["docker", "events", "--since", f"{since - 1:.6f}", "--until", f"{time.time():.6f}",
+                                "--filter", f"label={label}={value}", *self._filters()],
+                               capture_output=True, text=True, timeout=60)
+        events = []
+        for line in query.stdout.splitlines():
+            with contextlib.suppress(ValueError):
+                events.append(json.loads(line))
+        return self._pick(events, label, value) or found
+
+    @staticmethod
+    def _pick(events: list[dict[str, Any]], label: str, value: str) -> dict[str, float]:
         found: dict[str, float] = {}
         chosen: str | None = None
         for event in events:
@@ -443,6 +477,7 @@ class LogCheck:
     first_chunk_at: float | None = None
     last_line_at: float | None = None  # chunk holding the job's last output line
     last_chunk_at: float | None = None
+    progress: list[tuple[int, float]] = field(default_factory=list)  # (bytes received so far, at), per chunk
     problems: list[str] = field(default_factory=list)
 
 
@@ -512,6 +547,8 @@ def check_log(db: BackendDB, job_id: str, final: dict[str, Any], lines: int, com
                 check.output_bytes += len(data)
                 check.job_lines += text.startswith("line ")
                 last_output, check.last_line_at = text, at
+        if at is not None:
+            check.progress.append((check.chunk_bytes, at))
     if check.chunks:
         expected = {"chunk bytes == logBytes": (check.chunk_bytes, final.get("log_bytes")),
                     "sha256 of the chunk text == logSha256": (sha.hexdigest(), final.get("log_sha256")),
@@ -564,7 +601,7 @@ def worker_run(setup: Setup, db: BackendDB, index: int, lines: int, poll: float,
     final_at = epoch(final["received_at"])
     assert final_at is not None
     last_line_at = check.last_line_at if check.last_line_at is not None else final_at
-    container = setup.events.container(LABEL_JOB, job_id)
+    container = setup.events.container(LABEL_JOB, job_id, sent)
     running = next((h for h in history if h["status"] == "RUNNING"), {})
 
     def after(moment: float | None) -> float | None:
@@ -575,6 +612,7 @@ def worker_run(setup: Setup, db: BackendDB, index: int, lines: int, poll: float,
         "container create": after(container.get("create")),
         "container start": after(container.get("start")),
         "first chunk received": after(check.first_chunk_at),
+        **{f"{share}% of the log received": after(reached(check, share)) for share in PROGRESS_SHARES},
         "container die": after(container.get("die")),
         "last line received": after(last_line_at),
         "last chunk received": after(check.last_chunk_at),
@@ -584,6 +622,15 @@ def worker_run(setup: Setup, db: BackendDB, index: int, lines: int, poll: float,
     return WorkerSample(job_id, sent, ack_ms, last_line_at - sent, final_at - sent, check, int(final["log_bytes"] or 0),
                         hwm_before, hwm_after, rss_before, max(sampler.peak_kib, rss_before), rss_after,
                         {k: cpu_after[k] - cpu_before[k] for k in cpu_after}, marks)
+
+
+PROGRESS_SHARES = (10, 25, 50, 75, 90)
+
+
+def reached(check: LogCheck, share: int) -> float | None:
+    """When the backend had received ``share`` percent of the log's bytes (the chunk that got it there)."""
+    wanted = check.chunk_bytes * share / 100
+    return next((at for done, at in check.progress if done >= wanted), None)
 
 
 def cpu_of(setup: Setup) -> dict[str, float]:
@@ -621,7 +668,7 @@ def docker_run(setup: Setup, lines: int, timeout: float) -> DockerSample:
         system = re.search(r"System time \(seconds\): ([\d.]+)", text)
         if user and system:
             cpu = float(user.group(1)) + float(system.group(1))
-    container = setup.events.container("cicd.bench-run", tag)
+    container = setup.events.container("cicd.bench-run", tag, sent)
     marks = {f"container {a}": (container[a] - sent) if a in container else None for a in EngineEvents.ACTIONS}
     marks["docker CLI exited"] = wall
     return DockerSample(wall, max_rss, cpu, marks)
@@ -742,16 +789,20 @@ def summarise_gil(path: Path, seconds: float, top: int = 20) -> None:
         _print_counter(profile.inclusive_by_thread[thread], count, 12, "      ")
 
 
-def summarise_wall(path: Path) -> None:
+def summarise_wall(path: Path, seconds: float) -> None:
     """Where the wall time of the threads that carry the log goes (waiting included)."""
     if not path.exists():
         print(f"  (no profile at {path})")
         return
     profile = read_profile(path)
+    span = max(profile.per_thread.values(), default=0)
+    print(f"  {span} samples of the longest-lived thread over {seconds + 1:.1f} s: py-spy sampled every thread at "
+          f"~{span / (seconds + 1):.0f} Hz (it falls behind 100 Hz with many threads)")
     threads = [t for t in profile.per_thread if t.startswith(LOG_PATH_THREADS)]
     for thread in sorted(threads, key=lambda t: -profile.per_thread[t]):
         count = profile.per_thread[thread]
-        print(f"  {thread}: {count} samples (~{count / 100:.1f} s alive); leaf frame top 8:")
+        print(f"  {thread}: {count} samples ({100 * count / max(span, 1):.0f}% of the profiled span); "
+              "leaf frame top 8:")
         _print_counter(profile.leaf_by_thread[thread], count, 8, "      ")
         print("    inclusive top 12:")
         _print_counter(profile.inclusive_by_thread[thread], count, 12, "      ")
@@ -770,7 +821,7 @@ def profile_runs(setup: Setup, db: BackendDB, args: argparse.Namespace) -> None:
         if mode == "gil":
             summarise_gil(out, sample.final_s)
         else:
-            summarise_wall(out)
+            summarise_wall(out, sample.final_s)
 
 
 # -- report ------------------------------------------------------------------------------------------------------
@@ -953,7 +1004,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             db.close()
     incomplete = sum(1 for w in worker if w.check.problems)
-    print(f"\n{'OK' if not incomplete else 'FAIL'}: {len(worker) - incomplete}/{len(worker)} worker runs delivered "
+    print(f"\nload average at the end: {' '.join(Path('/proc/loadavg').read_text().split()[:3])} "
+          f"({os.cpu_count()} CPUs; other work on this host inflates every figure, the worker's more: it uses "
+          "several processes)")
+    print(f"{'OK' if not incomplete else 'FAIL'}: {len(worker) - incomplete}/{len(worker)} worker runs delivered "
           "the whole log")
     return 0 if not incomplete else 1
 

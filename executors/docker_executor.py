@@ -35,6 +35,8 @@ LABEL_JOB = "cicd.job-execution-id"
 LABEL_WORKER = "cicd.worker-id"
 SCRIPT_PATH = "/.cicd-job-script.sh"
 _MAX_INLINE_SCRIPT_BYTES = 100 * 1024
+_KILLED_BY_SIGNAL = (137, 143)
+_ENGINE_WATCH_SECONDS = 3.0
 _WAIT_STEP_SECONDS = 0.5
 
 
@@ -70,6 +72,7 @@ class DockerExecutor:
         self._slots = threading.BoundedSemaphore(max_containers)
         self._client = client
         self._client_lock = threading.Lock()
+        self._unremoved: set[str] = set()  # containers whose removal failed (engine down): retried later
 
     @property
     def client(self) -> docker.DockerClient:
@@ -88,6 +91,7 @@ class DockerExecutor:
             self.client.ping()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise EngineUnavailable(f"Docker engine unreachable: {exc}") from exc
+        self._retry_removals()
 
     def run(self, spec: JobSpec, log_sink: LogSink, cancel: threading.Event) -> JobResult:
         """Run ``spec`` to the end; see the module docstring."""
@@ -189,6 +193,8 @@ class DockerExecutor:
         exit_code, timed_out, canceled = self._wait(container, spec.timeout_seconds, cancel)
         pump.join(timeout=self.stop_grace_seconds + 5)
         splitter.close()
+        if exit_code in _KILLED_BY_SIGNAL and not (timed_out or canceled):
+            self._raise_if_engine_went_away(exit_code)
         result = JobResult(exit_code=exit_code, started_at=started, finished_at=datetime.now(UTC),
                            timed_out=timed_out, canceled=canceled, log_bytes=splitter.total_bytes)
         if spec.artifacts and not canceled and (result.succeeded or spec.artifacts_when == "always"):
@@ -218,6 +224,20 @@ class DockerExecutor:
             pass
         except docker.errors.APIError as exc:
             log.error("could not remove volume %s: %s", name, exc)
+
+    def _raise_if_engine_went_away(self, exit_code: int) -> None:
+        """A stopping engine kills its containers (143/137) just before it goes: that is not the job's fault.
+
+        Watch the engine briefly; if it stops answering, report an infrastructure failure (retried).
+        """
+        deadline = time.monotonic() + _ENGINE_WATCH_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                self.client.ping()
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+                raise EngineUnavailable(
+                    f"the Docker engine went away while the job ran (container killed, exit {exit_code})") from exc
+            time.sleep(0.2)
 
     def _wait(self, container: Container, timeout: float, cancel: threading.Event
               ) -> tuple[int | None, bool, bool]:
@@ -256,7 +276,22 @@ class DockerExecutor:
         except docker.errors.NotFound:
             pass
         except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
-            log.error("could not remove container %s: %s", container.short_id, exc)
+            log.error("could not remove container %s (retried later): %s", container.short_id, exc)
+            with self._client_lock:
+                self._unremoved.add(container.id or container.name)
+        self._retry_removals()
+
+    def _retry_removals(self) -> None:
+        with self._client_lock:
+            pending, self._unremoved = self._unremoved, set()
+        for container_id in pending:
+            try:
+                self.client.api.remove_container(container_id, force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+            except (docker.errors.APIError, requests.exceptions.RequestException):
+                with self._client_lock:
+                    self._unremoved.add(container_id)
 
     def remove_labelled(self, **label_values: str) -> int:
         """Force-remove every container with our labels (and the given label values); returns the count."""
