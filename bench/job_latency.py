@@ -179,8 +179,11 @@ class DockerSample:
 def docker_run() -> DockerSample:
     """Wall time of the plain ``docker run`` CLI."""
     sent, start = time.time(), time.perf_counter()
-    subprocess.run(DOCKER_RUN, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
-    return DockerSample(sent, (time.perf_counter() - start) * 1000)
+    done = subprocess.run(DOCKER_RUN, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
+    elapsed = (time.perf_counter() - start) * 1000
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(DOCKER_RUN)} exited {done.returncode}: {done.stderr.decode(errors='replace')}")
+    return DockerSample(sent, elapsed)
 
 
 # -- breakdown ----------------------------------------------------------------------------------------------

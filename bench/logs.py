@@ -726,8 +726,12 @@ def _frame_name(frame: str) -> str:
 
 
 def _thread_label(frame: str) -> str:
-    """``thread (12979): logs-print`` -> ``logs-print``; py-spy's label when it has no name."""
-    return frame.split(": ", 1)[1] if ": " in frame else frame
+    """``thread (12979): logs-print`` -> ``logs-print [12979]`` (names repeat: Prefect starts several threads
+    of one name); ``thread (12979)`` when py-spy has no name."""
+    found = re.match(r"thread \((\w+)\)(?:: (.*))?$", frame)
+    if not found:
+        return frame
+    return f"{found.group(2)} [{found.group(1)}]" if found.group(2) else f"thread [{found.group(1)}]"
 
 
 @dataclass
@@ -798,7 +802,7 @@ def summarise_wall(path: Path, seconds: float) -> None:
     span = max(profile.per_thread.values(), default=0)
     print(f"  {span} samples of the longest-lived thread over {seconds + 1:.1f} s: py-spy sampled every thread at "
           f"~{span / (seconds + 1):.0f} Hz (it falls behind 100 Hz with many threads)")
-    threads = [t for t in profile.per_thread if t.startswith(LOG_PATH_THREADS)]
+    threads = [t for t in profile.per_thread if t.startswith(LOG_PATH_THREADS)][:8]
     for thread in sorted(threads, key=lambda t: -profile.per_thread[t]):
         count = profile.per_thread[thread]
         print(f"  {thread}: {count} samples ({100 * count / max(span, 1):.0f}% of the profiled span); "

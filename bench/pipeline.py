@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -80,6 +81,8 @@ FINAL = {"SUCCESS", "FAILED", "CANCELED"}
 PREFECT_DONE = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 RUN_TIMEOUT_SECONDS = 300.0
 SETTLE_SECONDS = 0.5
+ENGINE_WAIT_SECONDS = 180.0
+ENGINE_LOSSES_ALLOWED = 3  # runs redone because the Docker engine went away during them
 ENGINE_ACTIONS = ("create", "start", "die", "destroy")
 LABEL_JOB = "cicd.job-execution-id"
 LABEL_WORKER = "cicd.worker-id"
@@ -182,6 +185,16 @@ class EngineEvents:
         if self._reader is not None:
             self._reader.join(5)
 
+    def alive(self) -> bool:
+        """False once the stream ended: the engine went away (stopped or restarted by someone)."""
+        return self._process is not None and self._process.poll() is None
+
+    def restart(self) -> None:
+        self.stop()
+        wait_until(engine_up, 1.0, "the Docker engine to come back", timeout=ENGINE_WAIT_SECONDS)
+        self.start()
+        time.sleep(1.0)
+
     def containers(self, since: float, until: float) -> list[dict[str, Any]]:
         """Containers created in [since, until]: {"id", "labels", "image", action: epoch seconds}."""
         time.sleep(0.2)  # let the stream catch up with the engine
@@ -194,6 +207,10 @@ class EngineEvents:
             entry = by_id.setdefault(actor.get("ID", ""), {"id": actor.get("ID", ""), "attributes": attributes})
             entry.setdefault(event.get("Action", ""), event["timeNano"] / 1e9)
         return [c for c in by_id.values() if "create" in c and since <= c["create"] <= until]
+
+
+def engine_up() -> bool:
+    return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
 
 
 # -- samples ------------------------------------------------------------------------------------------------
@@ -233,6 +250,7 @@ class Setup:
     events: EngineEvents
     worker_id: str
     workdir: Path
+    discarded: list[str] = field(default_factory=list)
 
 
 def worker_run(setup: Setup, workload: str, jobs: list[Job], index: int, poll: float) -> Sample:
@@ -630,10 +648,36 @@ def versions() -> str:
 # -- main ----------------------------------------------------------------------------------------------------
 
 
+def run_once(setup: Setup, what: str, action: Callable[[], Sample]) -> Sample:
+    """One run; redone when the Docker engine went away during it (this host is shared: tests stop it).
+
+    Such a run cannot be measured (its containers were killed, jobs retried, events lost); it is counted
+    and reported, never kept.
+    """
+    for _ in range(ENGINE_LOSSES_ALLOWED + 1):
+        if not setup.events.alive():
+            print("  the Docker engine went away; waiting for it to come back ...", flush=True)
+            setup.events.restart()
+            time.sleep(2.0)
+        try:
+            sample = action()
+        except (RuntimeError, subprocess.SubprocessError) as exc:
+            if setup.events.alive():
+                raise
+            problem = str(exc).splitlines()[0][:120]
+        else:
+            if setup.events.alive():
+                return sample
+            problem = "it ended, but its engine events are incomplete"
+        setup.discarded.append(what)
+        print(f"  {what} discarded, the Docker engine went away during it: {problem}", flush=True)
+    raise RuntimeError(f"the Docker engine went away more than {ENGINE_LOSSES_ALLOWED} times")
+
+
 def measure(setup: Setup, names: list[str], concurrency: int, repeat: int, poll: float) -> list[Result]:
     warm = chain(2)
-    worker_run(setup, "warm-up", warm, 0, poll)
-    baseline_run(setup.events, "warm-up", warm, concurrency)
+    run_once(setup, "worker warm-up", lambda: worker_run(setup, "warm-up", warm, 0, poll))
+    run_once(setup, "baseline warm-up", lambda: baseline_run(setup.events, "warm-up", warm, concurrency))
     print("warm-up done (a 2-job chain on each side)", flush=True)
     results = []
     for workload in names:
@@ -643,10 +687,10 @@ def measure(setup: Setup, names: list[str], concurrency: int, repeat: int, poll:
             order = ("worker", "baseline") if index % 2 == 0 else ("baseline", "worker")
             for side in order:
                 time.sleep(SETTLE_SECONDS)
-                if side == "worker":
-                    result.worker.append(worker_run(setup, workload, jobs, index, poll))
-                else:
-                    result.baseline.append(baseline_run(setup.events, workload, jobs, concurrency))
+                what = f"{workload} {side} run {index + 1}"
+                action = (functools.partial(worker_run, setup, workload, jobs, index, poll) if side == "worker"
+                          else functools.partial(baseline_run, setup.events, workload, jobs, concurrency))
+                (result.worker if side == "worker" else result.baseline).append(run_once(setup, what, action))
             print(f"  {workload} run {index + 1}/{repeat}: worker {result.worker[-1].wall:.2f} s, "
                   f"baseline {result.baseline[-1].wall:.2f} s", flush=True)
         results.append(result)
@@ -680,6 +724,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"workloads {', '.join(args.names)}; concurrency {args.concurrency}; {args.repeat} runs each", flush=True)
     with environment(args.concurrency, args.keep) as setup:
         results = measure(setup, args.names, args.concurrency, args.repeat, args.poll_ms / 1000)
+        discarded = setup.discarded
+    if discarded:
+        print(f"\nnote: {len(discarded)} runs redone because the Docker engine went away during them: "
+              f"{', '.join(discarded)}")
     print_summary(results, args.concurrency, args.repeat)
     for result in results:
         print_workload(result, args.concurrency)

@@ -6,6 +6,7 @@ Built on first use from the settings (never at import time) and replaceable by t
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -52,13 +53,18 @@ class JobRegistry:
         self._records: dict[UUID, JobRecord] = {}
         self._lock = threading.Lock()
 
-    def claim(self, job_execution_id: UUID, name: str,
-              pipeline_execution_id: UUID | None = None) -> tuple[JobRecord, bool]:
-        """The record for this id, and whether this call created it (False: already known)."""
+    def claim(self, job_execution_id: UUID, name: str, pipeline_execution_id: UUID | None = None,
+              room: Callable[[int], None] | None = None) -> tuple[JobRecord, bool]:
+        """The record for this id, and whether this call created it (False: already known).
+
+        ``room(unfinished)`` is called under the lock before a new record is made; it raises to refuse.
+        """
         with self._lock:
             record = self._records.get(job_execution_id)
             if record is not None:
                 return record, False
+            if room is not None:
+                room(sum(1 for r in self._records.values() if not r.status.is_final))
             record = JobRecord(job_execution_id, name, pipeline_execution_id)
             self._records[job_execution_id] = record
             return record, True

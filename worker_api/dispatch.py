@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
 from prefect import Flow
-from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun
 from prefect.flow_engine import run_flow
-from prefect.states import Pending
 
 from flows.job_flow import execute_job, job_run_name, job_tags
 from flows.pipeline_flow import execute_pipeline, pipeline_run_name
 from flows.pipeline_plan import load_pipeline
 from flows.runtime import JobRecord, get_backend, get_registry
+from worker_api.flow_runs import FlowRunFactory
 from worker_api.limits import QueueFull
 from worker_api.models import ExecutionStatus, JobExecutionDTO
 from worker_api.settings import get_settings
@@ -41,12 +42,24 @@ class PipelineRecord:
     dispatched: threading.Event = field(default_factory=threading.Event)
 
 
+def _room_for(jobs: int) -> Callable[[int], None]:
+    """A check that refuses (QueueFull) when ``jobs`` more would pass ``WORKER_MAX_QUEUED_JOBS``."""
+    limit = get_settings().max_queued_jobs
+
+    def check(unfinished: int) -> None:
+        if unfinished + jobs > limit:
+            raise QueueFull(f"{unfinished} jobs accepted and unfinished, {jobs} more asked; the limit is {limit}")
+
+    return check
+
+
 class FlowDispatcher:
     """Starts flow runs for accepted jobs and pipelines; idempotent per execution id."""
 
     def __init__(self, max_flows: int = 256) -> None:
         self._pool = ThreadPoolExecutor(max_workers=max_flows, thread_name_prefix="flow")
         self._pipelines: dict[UUID, PipelineRecord] = {}
+        self._flow_runs = FlowRunFactory()
         self._lock = threading.Lock()
 
     def submit_pipeline(self, pipeline_execution_id: UUID) -> tuple[PipelineRecord, bool]:
@@ -63,17 +76,17 @@ class FlowDispatcher:
             return known, False
         try:
             planned = load_pipeline(get_backend(), pipeline_execution_id)
-            self._check_room(len(planned.jobs))
+            _room_for(len(planned.jobs))(get_registry().unfinished())
             params = {"pipeline_execution_id": str(pipeline_execution_id), "pipeline": planned.to_params()}
-            record.flow_run_id = self._create_flow_run(
-                execute_pipeline, params, pipeline_run_name(pipeline_execution_id),
-                ["cicd-pipeline", f"pipeline:{pipeline_execution_id}"])
+            flow_run = self._flow_runs.create(execute_pipeline, params, pipeline_run_name(pipeline_execution_id),
+                                              ["cicd-pipeline", f"pipeline:{pipeline_execution_id}"])
+            record.flow_run_id = flow_run.id
         except Exception:
             with self._lock:
                 self._pipelines.pop(pipeline_execution_id, None)
             raise
         record.dispatched.set()
-        self._pool.submit(self._run, execute_pipeline, record.flow_run_id, params, None)
+        self._pool.submit(self._run, execute_pipeline, flow_run, params, None)
         return record, True
 
     def submit_job(self, job: JobExecutionDTO) -> tuple[JobRecord, bool]:
@@ -82,48 +95,32 @@ class FlowDispatcher:
         Returns the record and whether a new flow run was started.
         """
         registry = get_registry()
-        if registry.get(job.id) is None:
-            self._check_room(1)
-        record, created = registry.claim(job.id, job.job.name, job.pipeline_execution_id)
+        registry.prune()
+        record, created = registry.claim(job.id, job.job.name, job.pipeline_execution_id, room=_room_for(1))
         if not created:
             record.dispatched.wait(_DISPATCH_WAIT_SECONDS)
             return record, False
         params = {"job_execution": job.model_dump(mode="json", by_alias=True)}
         try:
-            flow_run_id = self._create_flow_run(execute_job, params, job_run_name(job), job_tags(job))
+            flow_run = self._flow_runs.create(execute_job, params, job_run_name(job), job_tags(job))
         except Exception:
             get_registry().forget(job.id)
             raise
-        record.flow_run_id = flow_run_id
+        record.flow_run_id = flow_run.id
         record.dispatched.set()
-        self._pool.submit(self._run, execute_job, flow_run_id, params, record)
+        self._pool.submit(self._run, execute_job, flow_run, params, record)
         return record, True
 
     @staticmethod
-    def _check_room(jobs: int) -> None:
-        registry, limit = get_registry(), get_settings().max_queued_jobs
-        registry.prune()
-        unfinished = registry.unfinished()
-        if unfinished + jobs > limit:
-            raise QueueFull(f"{unfinished} jobs accepted and unfinished; the limit is {limit}")
-
-    @staticmethod
-    def _create_flow_run(flow: Flow, params: dict[str, Any], name: str, tags: list[str]) -> UUID:
-        with get_client(sync_client=True) as client:
-            flow_run = client.create_flow_run(flow, parameters=params, name=name, tags=tags, state=Pending())
-        return flow_run.id
-
-    @staticmethod
-    def _run(flow: Flow, flow_run_id: UUID, params: dict[str, Any], record: JobRecord | None) -> None:
+    def _run(flow: Flow, flow_run: FlowRun, params: dict[str, Any], record: JobRecord | None) -> None:
         try:
-            with get_client(sync_client=True) as client:
-                flow_run = client.read_flow_run(flow_run_id)
             run_flow(flow, flow_run=flow_run, parameters=params, return_type="state")
         except BaseException as exc:  # noqa: BLE001 - a thread must never die silently
-            log.exception("flow run %s (%s) crashed", flow_run_id, flow.name)
+            log.exception("flow run %s (%s) crashed", flow_run.id, flow.name)
             if record is not None and not record.status.is_final:
                 record.status = ExecutionStatus.FAILED
                 record.message = f"flow run crashed: {exc}"
 
     def shutdown(self, wait: bool = False) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=True)
+        self._flow_runs.close()
