@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.support import Backend, FINAL, statuses, wait_for
+from tests.support import FINAL, Backend, statuses, wait_for
 
 pytestmark = pytest.mark.slow
 
