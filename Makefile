@@ -17,11 +17,14 @@ setup: $(STAMP) docker
 docker:
 	bash scripts/setup-docker.sh
 
-## serve the worker with a local Prefect server (UI on :4200) and print the URLs
+## run the main example pipeline on this machine (local Prefect server, reference backend in-process)
 run: setup
-	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/cicd-worker serve
+	PREFECT_SERVER_ANALYTICS_ENABLED=false WORKER_PULL_POLICY=never \
+		$(BIN)/cicd-worker run examples/hello-project/pipeline.yaml
 
-serve: run
+## serve the worker API with a local Prefect server (UI on :4200) and print the URLs
+serve: setup
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/cicd-worker serve
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

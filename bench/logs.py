@@ -38,7 +38,8 @@ history ``RUNNING, SUCCESS``, no contract violation.
 
 Memory: the worker's peak resident set (``VmHWM`` of ``/proc/PID/status``; the flows run in threads of
 that very process) before the run and after its flow run ended, and ``VmRSS`` sampled every 50 ms during
-the run. CPU: user+system seconds of the worker, the backend and the Prefect server over each run.
+the run, and its thread count before and after. CPU: user+system seconds of the worker, the backend and the
+Prefect server over each run.
 
 Baseline: ``docker run --rm --network none --label cicd.bench=<id> cicd-busybox:latest sh -c '<same
 command>' > /dev/null`` (the label only lets the clean-up find it), under ``/usr/bin/time -v`` when
@@ -142,7 +143,7 @@ def wait_until(probe: Callable[[], Any], timeout: float, interval: float, what: 
 
 
 def proc_status(pid: int, key: str) -> int:
-    """A ``kB`` field of ``/proc/PID/status`` (VmHWM, VmRSS), in KiB."""
+    """A number of ``/proc/PID/status``: VmHWM and VmRSS (in KiB), Threads."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
             return int(line.split()[1])
@@ -495,6 +496,8 @@ class WorkerSample:
     rss_before_kib: int
     rss_peak_kib: int
     rss_after_kib: int
+    threads_before: int
+    threads_after: int
     cpu: dict[str, float]  # party -> CPU seconds over the run
     marks: dict[str, float | None]  # milestone -> seconds after the POST
 
@@ -567,6 +570,7 @@ def worker_run(setup: Setup, db: BackendDB, index: int, lines: int, poll: float,
     job_id, dto = new_job(setup, index, [command])
     pid = setup.worker_pid
     hwm_before, rss_before = proc_status(pid, "VmHWM"), proc_status(pid, "VmRSS")
+    threads_before = proc_status(pid, "Threads")
     cpu_before = cpu_of(setup)
     spy = start_py_spy(pid, *profile) if profile else None
     try:
@@ -589,6 +593,7 @@ def worker_run(setup: Setup, db: BackendDB, index: int, lines: int, poll: float,
         if spy is not None:
             stop_py_spy(spy)
     hwm_after, rss_after = proc_status(pid, "VmHWM"), proc_status(pid, "VmRSS")
+    threads_after = proc_status(pid, "Threads")
     cpu_after = cpu_of(setup)
     history = db.history(job_id)
     final = history[-1]
@@ -621,6 +626,7 @@ def worker_run(setup: Setup, db: BackendDB, index: int, lines: int, poll: float,
     }
     return WorkerSample(job_id, sent, ack_ms, last_line_at - sent, final_at - sent, check, int(final["log_bytes"] or 0),
                         hwm_before, hwm_after, rss_before, max(sampler.peak_kib, rss_before), rss_after,
+                        threads_before, threads_after,
                         {k: cpu_after[k] - cpu_before[k] for k in cpu_after}, marks)
 
 
@@ -835,13 +841,14 @@ def print_runs(worker: list[WorkerSample], docker: list[DockerSample]) -> None:
     print("\nper run (s; MiB):")
     print(f"  {'run':>3} {'worker last line':>16} {'final status':>12} {'docker run':>10}  {'chunks':>6} "
           f"{'logBytes':>10} {'complete':>8}  {'VmHWM before':>12} {'after':>7} {'growth':>7}  "
-          f"{'VmRSS before':>12} {'peak':>7} {'after':>7}  {'worker CPU':>10}")
+          f"{'VmRSS before':>12} {'peak':>7} {'after':>7}  {'worker CPU':>10} {'threads':>9}")
     for i, (w, d) in enumerate(zip(worker, docker, strict=True), start=1):
         ok = "yes" if not w.check.problems else "NO"
         print(f"  {i:>3} {w.last_line_s:16.2f} {w.final_s:12.2f} {d.wall_s:10.2f}  {w.check.chunks:>6} "
               f"{w.log_bytes:>10} {ok:>8}  {w.hwm_before_kib / 1024:12.1f} {w.hwm_after_kib / 1024:7.1f} "
               f"{(w.hwm_after_kib - w.hwm_before_kib) / 1024:7.1f}  {w.rss_before_kib / 1024:12.1f} "
-              f"{w.rss_peak_kib / 1024:7.1f} {w.rss_after_kib / 1024:7.1f}  {w.cpu['worker']:10.2f}")
+              f"{w.rss_peak_kib / 1024:7.1f} {w.rss_after_kib / 1024:7.1f}  {w.cpu['worker']:10.2f} "
+              f"{w.threads_before:>4}->{w.threads_after:<4}")
         for problem in w.check.problems:
             print(f"      INCOMPLETE: {problem}")
 

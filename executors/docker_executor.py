@@ -12,10 +12,12 @@ from __future__ import annotations
 import io
 import logging
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -215,6 +217,23 @@ class DockerExecutor:
     def create_volume(self, name: str, labels: dict[str, str]) -> None:
         """Create (or reuse) a named volume carrying our worker label."""
         self.client.volumes.create(name=name, labels={**labels, LABEL_WORKER: self.worker_id})
+
+    def seed_volume(self, name: str, directory: Path, image: str, mount: str = "/workspace",
+                    exclude: tuple[str, ...] = (".cicd", ".git", ".venv")) -> None:
+        """Copy ``directory`` into a volume through a container that is created but never started."""
+        container = self.client.containers.create(image, command=["true"], network_mode="none",
+                                                  labels={LABEL_WORKER: self.worker_id},
+                                                  volumes={name: {"bind": mount, "mode": "rw"}})
+        try:
+            with tempfile.TemporaryFile() as archive:
+                with tarfile.open(fileobj=archive, mode="w") as tar:
+                    for entry in sorted(directory.iterdir()):
+                        if entry.name not in exclude:
+                            tar.add(entry, arcname=entry.name)
+                archive.seek(0)
+                container.put_archive(mount, archive)
+        finally:
+            self._remove(container)
 
     def remove_volume(self, name: str) -> None:
         """Remove a volume; a missing one is fine, one still in use is logged."""

@@ -9,6 +9,7 @@ the executor's slots are shared by every flow.
 from __future__ import annotations
 
 import concurrent.futures
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -24,7 +25,7 @@ from flows.job_task import JobRun, job_task, new_job_run
 from flows.pipeline_plan import PipelineRun, load_pipeline
 from flows.planning import Outcome, Scheduler
 from flows.reporting import JobReporter
-from flows.runtime import get_backend, get_inflight, get_outbox, get_registry
+from flows.runtime import get_backend, get_executor, get_inflight, get_outbox, get_registry
 from flows.workspace import pipeline_workspace_name, workspace
 from worker_api.models import ExecutionStatus
 from worker_api.settings import get_settings
@@ -103,12 +104,19 @@ class PipelineDriver:
 
 
 @flow(name="execute-pipeline", flow_run_name=_flow_run_name, persist_result=False, validate_parameters=False)
-def execute_pipeline(pipeline_execution_id: str, pipeline: dict[str, Any] | None = None) -> Any:
-    """Run every job of a pipeline run; ``pipeline`` is the already fetched run (else it is fetched)."""
+def execute_pipeline(pipeline_execution_id: str, pipeline: dict[str, Any] | None = None,
+                     seed_directory: str | None = None) -> Any:
+    """Run every job of a pipeline run; ``pipeline`` is the already fetched run (else it is fetched).
+
+    ``seed_directory``: files the workspace starts with (local runs: the pipeline file's directory).
+    """
     planned = PipelineRun.from_params(pipeline) if pipeline else load_pipeline(get_backend(),
                                                                                 UUID(pipeline_execution_id))
     volume_name = pipeline_workspace_name(str(planned.pipeline_execution_id))
     with workspace(volume_name, {"cicd.pipeline-execution-id": str(planned.pipeline_execution_id)}) as volume:
+        if seed_directory:
+            first_image = next(iter(planned.jobs.values())).job.docker_image
+            get_executor().seed_volume(volume, Path(seed_directory), first_image, get_settings().default_working_dir)
         driver = PipelineDriver(planned, volume)
         records = [reporter.record for reporter in driver.reporters.values()]
         with PrefectCancelWatcher(runtime_flow_run.id, lambda: records) as watcher:

@@ -10,9 +10,8 @@ import contextlib
 import logging
 import os
 import sys
-import threading
-import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from worker_api.settings import get_settings
@@ -84,8 +83,9 @@ def execute_pipeline(pipeline_execution_id: str) -> int:
     with prefect_api():
         from flows.pipeline_flow import execute_pipeline as flow
         from flows.planning import PlanningError
+        from worker_api.progress import PipelineProgress
 
-        with ProgressPrinter(pipeline_execution_id):
+        with PipelineProgress(pipeline_execution_id):
             try:
                 state: Any = flow(pipeline_execution_id, return_state=True)
             except PlanningError as exc:
@@ -94,41 +94,6 @@ def execute_pipeline(pipeline_execution_id: str) -> int:
         flush_outbox()
         print(f"pipeline {pipeline_execution_id}: {state.name}: {state.message}", flush=True)
         return 0 if state.is_completed() else 1
-
-
-class ProgressPrinter:
-    """Prints one line each time a job of the pipeline changes status (the flow runs in this process)."""
-
-    def __init__(self, pipeline_execution_id: str, interval: float = 0.3) -> None:
-        self.pipeline_execution_id = pipeline_execution_id
-        self.interval = interval
-        self._stop = threading.Event()
-        self._seen: dict[str, str] = {}
-        self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
-
-    def __enter__(self) -> ProgressPrinter:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._print_changes()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._print_changes()
-
-    def _print_changes(self) -> None:
-        from flows.runtime import get_registry
-
-        for record in get_registry().all():
-            if str(record.pipeline_execution_id) != self.pipeline_execution_id:
-                continue
-            if self._seen.get(str(record.job_execution_id)) != record.status.value:
-                self._seen[str(record.job_execution_id)] = record.status.value
-                extra = f" exit {record.exit_code}" if record.exit_code not in (None, 0) else ""
-                print(f"{time.strftime('%H:%M:%S')}  {record.name:<30} {record.status.value}{extra}", flush=True)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -141,18 +106,28 @@ def _parser() -> argparse.ArgumentParser:
     job_cmd.add_argument("job_execution_id")
     pipeline_cmd = commands.add_parser("execute-pipeline", help="run every job of a pipeline run of the backend")
     pipeline_cmd.add_argument("pipeline_execution_id")
+    run_cmd = commands.add_parser("run", help="run a pipeline file on this machine (exit 0 only if it succeeded)")
+    run_cmd.add_argument("file", type=Path)
+    run_cmd.add_argument("--dry-run", action="store_true", help="print the plan, level by level; run nothing")
+    check_cmd = commands.add_parser("check", help="validate a pipeline file (exit 2 when invalid)")
+    check_cmd.add_argument("file", type=Path)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns what matters
     if args.command == "serve":
         return serve(args.host, args.port)
     if args.command == "execute-job":
         return execute_job(args.job_execution_id)
     if args.command == "execute-pipeline":
         return execute_pipeline(args.pipeline_execution_id)
+    if args.command in ("run", "check"):
+        from worker_api import local_run
+
+        return local_run.check(args.file) if args.command == "check" else local_run.run(args.file, dry=args.dry_run)
     return 2
 
 

@@ -1,0 +1,870 @@
+"""Soak: many short jobs through a real worker at a fixed client concurrency, against plain ``docker run``.
+
+Run from the repository root: ``.venv/bin/python bench/soak.py [--jobs N] [--concurrency C]`` (defaults 500
+and 8). Targets: throughput worker/plain at least 0.7; what the worker holds after the jobs (containers and
+volumes with its label, its threads and open files) back to the idle figure measured before them; every job's
+backend history exactly ``RUNNING, SUCCESS``.
+
+Set-up, all torn down at the end (helpers shared with ``bench/logs.py``): a Prefect server on a free port with
+a temporary ``PREFECT_HOME`` and ``PREFECT_SERVER_ANALYTICS_ENABLED=false`` (or the server at
+``PREFECT_API_URL`` when that is set); the reference backend as a child process (``python -m
+reference_backend``), so that the bench's own load does not distort it; a real ``cicd-worker serve`` child
+process with ``WORKER_MAX_CONCURRENT_JOBS=C``, ``WORKER_MAX_QUEUED_JOBS=N+100`` (never a 429),
+``WORKER_PULL_POLICY=never`` and ``WORKER_ID=bench-soak-<random>``; a ``docker events`` stream.
+
+Jobs: N one-job pipeline runs (image ``cicd-busybox:latest``, script ``["true"]``) are created in the backend
+and their JobExecutionDTOs fetched (``GET /api/jobs/{id}``) before the clock starts.
+
+Worker phase: C client threads; each takes the next job, POSTs its DTO to ``/api/job/execute`` (202 expected),
+waits for the job's final status at the backend, then takes the next. The wait reads the backend's SQLite
+file every ``--poll-ms`` (read-only, WAL), not its HTTP API, so that polling costs the backend nothing.
+Throughput: N / (latest ``receivedAt`` of a final status - first POST), both read on this host's wall clock
+(the backend stamps ``receivedAt`` as it handles the request), so the polling period is not in the figure.
+
+Baseline: C threads, each running ``docker run --rm --network none cicd-busybox:latest true`` (plus two
+``--label``s that let the clean-up and the breakdown find the containers) one after another, N runs in all,
+in two halves: one before the worker phase, one after it, so that both sides share the drift of a shared
+host. Throughput: N / (wall of half 1 + wall of half 2), each wall from the first start to the last exit.
+
+Idle figures: after one warm-up job (and one warm-up ``docker run``), once the worker is idle: every flow run
+of the bench terminal in Prefect, the worker's outbox without pending items (its SQLite file, read-only), and
+the worker's thread and fd counts unchanged for ``--settle`` seconds, polled every 0.1 s (the worker's API
+is not called: a request would itself start threads). The same wait after the worker phase gives the end
+figures: containers (``docker ps -a`` with label ``cicd.worker-id=<WORKER_ID>``), volumes with that label,
+``Threads`` of ``/proc/PID/status`` and the count of ``/proc/PID/fd``. When threads or fds are still above
+the idle figure, polling goes on for up to ``--linger`` seconds, to tell a pool that shrinks by itself from
+what stays (the verdict uses the settled reading). With py-spy installed (``.venv/bin/pip install
+py-spy``), ``py-spy dump`` names the worker's Python threads at each of these points.
+
+Memory: the worker's peak RSS (``VmHWM`` of ``/proc/PID/status``; flows run in threads of that process),
+and ``VmRSS``, threads and fds sampled every 0.5 s during the worker phase. CPU: seconds used during each
+phase by the worker, the Prefect server, the backend, dockerd+containerd, the docker CLIs of the baseline,
+this bench, and the host's busy time (``/proc/stat``), the rest being runc/shims, the kernel and other
+users of the host.
+
+Breakdown: per job, from the backend's records (``receivedAt``; the worker's ``startTime`` and
+``completionTime``) and the engine's container events, means and medians of each step on both sides.
+
+``--profile DIR``: after the measured phases, two more blocks of min(N, 100) jobs (not counted) under
+``py-spy record --gil`` and ``--idle``, saved in DIR and summarised as ``bench/logs.py`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR.parent))  # run from a checkout, installed or not
+sys.path.insert(0, str(BENCH_DIR))  # the helpers of bench/logs.py
+
+from logs import (  # noqa: E402
+    CLK_TCK,
+    FINAL,
+    IMAGE,
+    LABEL_BENCH,
+    LABEL_JOB,
+    LABEL_WORKER,
+    PREFECT_DONE,
+    BackendDB,
+    BackendProcess,
+    EngineEvents,
+    Setup,
+    _cleanup,
+    _prefect_sid,
+    _stat_fields,
+    cpu_of,
+    epoch,
+    proc_status,
+    start_py_spy,
+    stop_py_spy,
+    summarise_gil,
+    summarise_wall,
+    versions,
+    wait_until,
+)
+
+from tests.support import WorkerProcess, free_port  # noqa: E402
+from worker_api.prefect_server import LocalPrefectServer  # noqa: E402
+
+LABEL_RUN = "cicd.bench-run"
+TARGET_RATIO = 0.7
+JOB_TIMEOUT_SECONDS = 300.0
+IDLE_TIMEOUT_SECONDS = 180.0
+SAMPLE_SECONDS = 0.5
+PROFILE_JOBS = 100
+DAEMONS = ("dockerd", "containerd")
+
+
+# -- small helpers -------------------------------------------------------------------------------------------------
+
+
+def mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def p90(values: list[float]) -> float | None:
+    if len(values) < 2:
+        return values[0] if values else None
+    return statistics.quantiles(values, n=10, method="inclusive")[8]
+
+
+def fmt(value: float | None, width: int = 8, digits: int = 3) -> str:
+    return f"{value:{width}.{digits}f}" if value is not None else f"{'n/a':>{width}}"
+
+
+def threads_and_fds(pid: int) -> tuple[int, int]:
+    return proc_status(pid, "Threads"), len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _socket_peers(pid: int, ports: dict[int, str]) -> dict[str, str]:
+    """Socket inode -> what it is: TCP by local/remote port (named by ``ports``), or unix."""
+    peers: dict[str, str] = {}
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                cols = line.split()
+                local, remote = int(cols[1].rsplit(":", 1)[1], 16), int(cols[2].rsplit(":", 1)[1], 16)
+                if local in ports:
+                    peers[cols[9]] = f"tcp, {ports[local]} (listening or accepted)"
+                else:
+                    peers[cols[9]] = f"tcp to {ports.get(remote, f'port {remote}')}"
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/net/unix").read_text().splitlines()[1:]:
+            cols = line.split()
+            peers[cols[6]] = f"unix {cols[7]}" if len(cols) > 7 else "unix (unnamed: docker.sock clients, ...)"
+    return peers
+
+
+def fd_kinds(pid: int, ports: dict[int, str]) -> Counter[str]:
+    """The worker's open files by kind: sockets by peer, pipes, anon inodes, files by directory."""
+    peers = _socket_peers(pid, ports)
+    kinds: Counter[str] = Counter()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                kinds[peers.get(target[8:-1], "socket (other)")] += 1
+            elif target.startswith(("pipe:", "anon_inode:")):
+                kinds[target.split("[")[0].rstrip(":") if target.startswith("pipe") else target] += 1
+            else:
+                kinds[f"file in {os.path.dirname(target)}"] += 1
+    return kinds
+
+
+def labelled(kind: str, worker_id: str) -> int:
+    """Containers (``ps -a``) or volumes carrying ``cicd.worker-id=<worker_id>``."""
+    command = ["docker", "ps", "-aq"] if kind == "containers" else ["docker", "volume", "ls", "-q"]
+    found = subprocess.run([*command, "--filter", f"label={LABEL_WORKER}={worker_id}"],
+                           capture_output=True, text=True, timeout=60)
+    if found.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {found.stderr.strip()}")
+    return len(found.stdout.split())
+
+
+def py_spy() -> str | None:
+    exe = Path(sys.executable).with_name("py-spy")
+    return str(exe) if exe.exists() else shutil.which("py-spy")
+
+
+def thread_names(pid: int) -> Counter[str] | None:
+    """The worker's Python threads by name (digits folded: ``flow_3`` -> ``flow_#``), from ``py-spy dump``."""
+    exe = py_spy()
+    if exe is None:
+        return None
+    dump = subprocess.run([exe, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=120)
+    names = re.findall(r'^Thread \S+ \([^)]*\): "(.*)"', dump.stdout, re.MULTILINE)
+    return Counter(re.sub(r"\d+", "#", name) for name in names) if names else None
+
+
+# -- CPU accounting ------------------------------------------------------------------------------------------------
+
+
+def host_busy_seconds() -> float:
+    """CPU seconds the host spent not idle (all CPUs), from the first line of /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK  # user..steal minus idle and iowait
+
+
+def daemon_cpu_seconds() -> float:
+    """dockerd + containerd, with the children they reaped."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if (entry / "comm").read_text().strip() in DAEMONS:
+                fields = _stat_fields(str(entry / "stat"))
+                total += sum(int(v) for v in fields[11:15]) / CLK_TCK
+    return total
+
+
+def cpu_snapshot(setup: Setup) -> dict[str, float]:
+    own = os.times()
+    return {**cpu_of(setup), "dockerd + containerd": daemon_cpu_seconds(),
+            "docker CLIs (children of the bench)": own.children_user + own.children_system,
+            "bench (this process)": own.user + own.system, "host busy (all processes)": host_busy_seconds()}
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {key: after[key] - before[key] for key in after}
+
+
+# -- set-up --------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def environment(args: argparse.Namespace) -> Iterator[Setup]:
+    """Prefect server, reference backend (child process), worker process, docker events; all torn down after."""
+    workdir = Path(tempfile.mkdtemp(prefix="cicd-bench-soak-"))
+    worker_id = f"bench-soak-{uuid.uuid4().hex[:8]}"
+    env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "WORKER_PULL_POLICY": "never", "WORKER_ID": worker_id,
+           "WORKER_STATE_DIR": str(workdir / "state"), "WORKER_MAX_CONCURRENT_JOBS": str(args.concurrency),
+           "WORKER_MAX_QUEUED_JOBS": str(args.jobs + 100)}
+    with contextlib.ExitStack() as stack:
+        stack.callback(_cleanup, workdir, worker_id, worker_id, args.keep)
+        events = EngineEvents().start()
+        stack.callback(events.stop)
+        api_url = os.environ.get("PREFECT_API_URL")
+        prefect_sid = None
+        if not api_url:
+            env["PREFECT_HOME"] = str(workdir / "prefect-home")
+            os.environ.update(PREFECT_HOME=env["PREFECT_HOME"], PREFECT_SERVER_ANALYTICS_ENABLED="false")
+            server = LocalPrefectServer(port=free_port(), log_path=workdir / "prefect-server.log")
+            stack.callback(server.stop)
+            print(f"starting a Prefect server on port {server.port} ...", flush=True)
+            server.start(timeout=240)
+            api_url, prefect_sid = server.api_url, _prefect_sid(server)
+        else:
+            print(f"using the Prefect server at PREFECT_API_URL={api_url}", flush=True)
+        env["PREFECT_API_URL"] = api_url
+        data_dir = workdir / "backend"
+        data_dir.mkdir()
+        backend = BackendProcess(data_dir, workdir / "backend.log")
+        stack.callback(backend.stop)
+        backend.start()
+        assert backend.process is not None
+        env["WORKER_BACKEND_URL"] = backend.api_url
+        worker = WorkerProcess(env, workdir / "worker.log")
+        stack.callback(worker.stop)
+        worker.start(timeout=120)
+        limits = httpx.Limits(max_connections=4 * args.concurrency)
+        backend_http, worker_http, prefect_http = (
+            stack.enter_context(httpx.Client(base_url=url, timeout=60, limits=limits))
+            for url in (backend.url, worker.url, api_url))
+        yield Setup(backend_http, worker_http, prefect_http, worker, data_dir / "backend.db", backend.process.pid,
+                    prefect_sid, events, worker_id, worker_id, workdir)
+
+
+# -- jobs ----------------------------------------------------------------------------------------------------------
+
+
+def new_jobs(setup: Setup, prefix: str, count: int, concurrency: int) -> list[tuple[str, dict[str, Any]]]:
+    """``count`` one-job pipeline runs in the backend: (job execution id, JobExecutionDTO) each."""
+
+    def one(index: int) -> tuple[str, dict[str, Any]]:
+        spec = {"name": f"{prefix}-{index}", "jobs": [{"name": "noop", "dockerImage": IMAGE, "script": ["true"]}]}
+        created = setup.backend.post("/admin/pipeline-runs", json=spec)
+        created.raise_for_status()
+        job_id = created.json()["jobs"]["noop"]
+        dto = setup.backend.get(f"/api/jobs/{job_id}")
+        dto.raise_for_status()
+        return job_id, dto.json()
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        return list(pool.map(one, range(count)))
+
+
+@dataclass
+class JobSample:
+    job_id: str
+    flow_run_id: str
+    sent: float  # epoch seconds, just before the POST
+    ack_s: float  # POST -> 202 read
+    seen_s: float  # POST -> final status first seen by polling
+    history: list[dict[str, Any]] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+
+    def at(self, status: str, key: str = "received_at") -> float | None:
+        entry = next((h for h in self.history if h["status"] == status), None)
+        return epoch(entry.get(key)) if entry else None
+
+    @property
+    def final_at(self) -> float | None:
+        return epoch(self.history[-1]["received_at"]) if self.history else None
+
+    @property
+    def statuses(self) -> list[str]:
+        return [h["status"] for h in self.history]
+
+
+def post_and_wait(setup: Setup, db: BackendDB, job_id: str, dto: dict[str, Any], poll: float) -> JobSample:
+    sent, start = time.time(), time.perf_counter()
+    answer = setup.worker.post("/api/job/execute", json=dto)
+    ack = time.perf_counter() - start
+    if answer.status_code != 202:
+        raise RuntimeError(f"worker answered {answer.status_code} for job {job_id}: {answer.text[:500]}")
+
+    def ended() -> bool:
+        process = setup.worker_process.process
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the worker exited; see {setup.workdir / 'worker.log'}")
+        return db.status(job_id) in FINAL
+
+    wait_until(ended, JOB_TIMEOUT_SECONDS, poll, f"the final status of job {job_id}")
+    return JobSample(job_id, answer.json()["flowRunId"], sent, ack, time.perf_counter() - start)
+
+
+def closed_loop(concurrency: int, count: int, one: Callable[[int, Any], Any], context: Callable[[], Any]
+                ) -> tuple[list[Any], float]:
+    """``concurrency`` threads calling ``one(index, ctx)`` for indexes 0..count-1, each taking the next when its
+    previous call returned; results in index order and the wall time of the whole."""
+    results: list[Any] = [None] * count
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    taken = iter(range(count))
+
+    def loop() -> None:
+        ctx = context()
+        try:
+            while not errors:
+                with lock:
+                    index = next(taken, None)
+                if index is None:
+                    return
+                results[index] = one(index, ctx)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            errors.append(exc)
+        finally:
+            with contextlib.suppress(Exception):
+                ctx.close()
+
+    threads = [threading.Thread(target=loop, name=f"client-{i}", daemon=True) for i in range(concurrency)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return results, wall
+
+
+def worker_phase(setup: Setup, jobs: list[tuple[str, dict[str, Any]]], concurrency: int, poll: float
+                 ) -> tuple[list[JobSample], float]:
+    def one(index: int, db: BackendDB) -> JobSample:
+        return post_and_wait(setup, db, *jobs[index], poll)
+
+    samples, wall = closed_loop(concurrency, len(jobs), one, lambda: BackendDB(setup.db_path))
+    db = BackendDB(setup.db_path)
+    try:
+        for sample in samples:
+            sample.history, sample.violations = db.history(sample.job_id), db.violations(sample.job_id)
+    finally:
+        db.close()
+    return samples, wall
+
+
+@dataclass
+class RunSample:
+    tag: str
+    sent: float  # epoch seconds, just before the CLI started
+    wall_s: float
+
+
+class _NoContext:
+    def close(self) -> None:
+        pass
+
+
+def docker_run(bench_id: str, tag: str) -> RunSample:
+    command = ["docker", "run", "--rm", "--network", "none", "--label", f"{LABEL_BENCH}={bench_id}",
+               "--label", f"{LABEL_RUN}={tag}", IMAGE, "true"]
+    sent, start = time.time(), time.perf_counter()
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=JOB_TIMEOUT_SECONDS)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"docker run exited {done.returncode}: {done.stderr.decode(errors='replace')[-1000:]}")
+    return RunSample(tag, sent, wall)
+
+
+def baseline_phase(setup: Setup, first: int, count: int, concurrency: int) -> tuple[list[RunSample], float]:
+    return closed_loop(concurrency, count, lambda index, _: docker_run(setup.bench_id, f"b{first + index}"),
+                       _NoContext)
+
+
+class Monitor:
+    """Samples the worker's VmRSS, threads and fds every ``SAMPLE_SECONDS`` on a thread; keeps the maxima."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.rss_kib = self.threads = self.fds = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="worker-monitor", daemon=True)
+
+    def __enter__(self) -> Monitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(OSError, RuntimeError):
+                threads, fds = threads_and_fds(self.pid)
+                self.rss_kib = max(self.rss_kib, proc_status(self.pid, "VmRSS"))
+                self.threads, self.fds = max(self.threads, threads), max(self.fds, fds)
+            if self._stop.wait(SAMPLE_SECONDS):
+                return
+
+
+# -- idle ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Snapshot:
+    containers: int
+    volumes: int
+    threads: int
+    fds: int
+    rss_kib: int
+    hwm_kib: int
+    waited_s: float
+    settled: bool
+    names: Counter[str] | None = None  # Python threads by name, from py-spy dump
+    fd_kinds: Counter[str] = field(default_factory=Counter)
+
+
+def known_ports(setup: Setup) -> dict[int, str]:
+    return {int(setup.prefect.base_url.port or 0): "the Prefect server", int(setup.backend.base_url.port or 0):
+            "the backend", setup.worker_process.port: "the worker's API"}
+
+
+def snapshot(setup: Setup, counts: tuple[int, int], waited: float, settled: bool) -> Snapshot:
+    pid = setup.worker_pid
+    return Snapshot(labelled("containers", setup.worker_id), labelled("volumes", setup.worker_id), counts[0],
+                    counts[1], proc_status(pid, "VmRSS"), proc_status(pid, "VmHWM"), waited, settled,
+                    thread_names(pid), fd_kinds(pid, known_ports(setup)))
+
+
+def outbox_counts(state_dir: Path) -> tuple[int, int]:
+    """(pending, dead) items of the worker's outbox, read from its SQLite file."""
+    path = state_dir / "outbox" / "outbox.db"
+    if not path.exists():
+        return 0, 0
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = dict(db.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall())
+    finally:
+        db.close()
+    return int(rows.get("pending", 0)), int(rows.get("dead", 0))
+
+
+def unfinished_flow_runs(setup: Setup, flow_run_ids: list[str]) -> int:
+    body = {"flow_runs": {"id": {"any_": flow_run_ids}, "state": {"type": {"not_any_": sorted(PREFECT_DONE)}}}}
+    answer = setup.prefect.post("/flow_runs/count", json=body)
+    answer.raise_for_status()
+    return int(answer.json())
+
+
+def wait_idle(setup: Setup, flow_run_ids: list[str], settle: float) -> Snapshot:
+    """Poll until the worker is idle (see the module docstring) and its thread/fd counts held for ``settle`` s."""
+    pid, state_dir = setup.worker_pid, setup.workdir / "state"
+    start = time.monotonic()
+    flows_done = False
+    last: tuple[int, int] | None = None
+    stable_since: float | None = None
+    while True:
+        flows_done = flows_done or unfinished_flow_runs(setup, flow_run_ids) == 0
+        busy = not flows_done or outbox_counts(state_dir)[0] > 0
+        counts, now = threads_and_fds(pid), time.monotonic()
+        if busy:
+            stable_since = None
+        elif counts != last or stable_since is None:
+            stable_since = now
+        last = counts
+        settled = stable_since is not None and now - stable_since >= settle
+        if settled or now - start > IDLE_TIMEOUT_SECONDS:
+            return snapshot(setup, counts, now - start, settled)
+        time.sleep(0.1)
+
+
+def linger(setup: Setup, idle: Snapshot, seconds: float) -> tuple[Snapshot, float | None]:
+    """Keep polling until threads and fds are back to the idle figure or ``seconds`` passed; (snapshot, when)."""
+    pid, start = setup.worker_pid, time.monotonic()
+    while True:
+        (threads, fds), now = threads_and_fds(pid), time.monotonic()
+        back = threads <= idle.threads and fds <= idle.fds
+        if back or now - start >= seconds:
+            return snapshot(setup, (threads, fds), now - start, back), (now - start if back else None)
+        time.sleep(0.25)
+
+
+# -- breakdown -----------------------------------------------------------------------------------------------------
+
+
+def engine_containers(events: EngineEvents, label: str) -> dict[str, dict[str, float]]:
+    """Label value -> first epoch time of each lifecycle action, from the session's ``docker events`` stream."""
+    with events._lock:  # the stream's own list: EngineEvents only exposes per-container look-ups with a delay
+        seen = list(events._events)
+    out: dict[str, dict[str, float]] = {}
+    for event in seen:
+        value = ((event.get("Actor") or {}).get("Attributes") or {}).get(label)
+        if value is not None:
+            out.setdefault(value, {}).setdefault(event.get("Action", ""), event["timeNano"] / 1e9)
+    return out
+
+
+Marks = dict[str, float | None]
+
+
+def worker_marks(samples: list[JobSample], containers: dict[str, dict[str, float]]) -> list[Marks]:
+    marks = []
+    for s in samples:
+        engine = containers.get(s.job_id, {})
+        points: dict[str, float | None] = {
+            "RUNNING built (startTime)": s.at("RUNNING", "start_time"), "RUNNING received": s.at("RUNNING"),
+            **{f"container {a}": engine.get(a) for a in EngineEvents.ACTIONS},
+            "final built (completionTime)": s.at(s.statuses[-1], "completion_time") if s.history else None,
+            "final received": s.final_at}
+        mark: Marks = {key: None if at is None else at - s.sent for key, at in points.items()}
+        mark["POST answered 202"], mark["final seen by the client"] = s.ack_s, s.seen_s
+        marks.append(mark)
+    return marks
+
+
+def baseline_marks(samples: list[RunSample], containers: dict[str, dict[str, float]]) -> list[Marks]:
+    marks = []
+    for s in samples:
+        engine = containers.get(s.tag, {})
+        mark: Marks = {f"container {a}": None if a not in engine else engine[a] - s.sent for a in EngineEvents.ACTIONS}
+        mark["docker CLI exited"] = s.wall_s
+        marks.append(mark)
+    return marks
+
+
+def steps(marks: list[Marks], start: str | None, end: str) -> list[float]:
+    out = []
+    for m in marks:
+        at, since = m.get(end), (m.get(start) if start else 0.0)
+        if at is not None and since is not None:
+            out.append(at - since)
+    return out
+
+
+WORKER_STEPS = [  # label, from (None: the POST), to
+    ("POST -> 202 answered", None, "POST answered 202"),
+    ("POST -> RUNNING built by the hook (startTime)", None, "RUNNING built (startTime)"),
+    ("RUNNING built -> RUNNING received", "RUNNING built (startTime)", "RUNNING received"),
+    ("POST -> container create", None, "container create"),
+    ("container create -> start", "container create", "container start"),
+    ("container start -> die", "container start", "container die"),
+    ("container die -> destroy", "container die", "container destroy"),
+    ("container destroy -> final built (completionTime)", "container destroy", "final built (completionTime)"),
+    ("final built -> final received", "final built (completionTime)", "final received"),
+    ("POST -> final received (latency)", None, "final received"),
+    ("final received -> seen by the client (polling)", "final received", "final seen by the client"),
+]
+BASELINE_STEPS = [
+    ("CLI start -> container create", None, "container create"),
+    ("container create -> start", "container create", "container start"),
+    ("container start -> die", "container start", "container die"),
+    ("container die -> destroy", "container die", "container destroy"),
+    ("container destroy -> CLI exit", "container destroy", "docker CLI exited"),
+    ("CLI start -> CLI exit (latency)", None, "docker CLI exited"),
+]
+
+
+def print_steps(title: str, marks: list[Marks], rows: list[tuple[str, str | None, str]]) -> None:
+    print(f"  {title:<52} {'mean':>8} {'median':>8} {'p90':>8} {'max':>8} {'n':>5}")
+    for label, start, end in rows:
+        values = steps(marks, start, end)
+        print(f"    {label:<50} {fmt(mean(values))} {fmt(median(values))} {fmt(p90(values))} "
+              f"{fmt(max(values) if values else None)} {len(values):>5}")
+
+
+# -- report --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    jobs: int
+    concurrency: int
+    idle: Snapshot
+    worker: list[JobSample]
+    worker_wall: float
+    worker_cpu: dict[str, float]
+    halves: list[tuple[list[RunSample], float, dict[str, float]]]
+    monitor: Monitor
+    end: Snapshot
+    lingered: Snapshot
+    back_after: float | None
+    outbox_dead: int
+
+    @property
+    def worker_span(self) -> float:
+        finals = [s.final_at for s in self.worker if s.final_at is not None]
+        return max(finals) - min(s.sent for s in self.worker)
+
+    @property
+    def worker_rate(self) -> float:
+        return self.jobs / self.worker_span
+
+    @property
+    def baseline_rate(self) -> float:
+        return sum(len(runs) for runs, _, _ in self.halves) / sum(wall for _, wall, _ in self.halves)
+
+    @property
+    def ratio(self) -> float:
+        return self.worker_rate / self.baseline_rate
+
+    def bad_histories(self) -> list[JobSample]:
+        return [s for s in self.worker if s.statuses != ["RUNNING", "SUCCESS"] or s.violations]
+
+
+def print_throughput(r: Results) -> None:
+    print(f"\nthroughput ({r.jobs} jobs `true`, client concurrency {r.concurrency})")
+    print(f"  worker: first POST -> last final status received   {r.worker_span:8.2f} s   {r.worker_rate:7.2f} jobs/s"
+          f"   (client wall {r.worker_wall:.2f} s)")
+    walls = sum(wall for _, wall, _ in r.halves)
+    halves = ", ".join(f"half {i}: {len(runs)} in {wall:.2f} s = {len(runs) / wall:.2f}/s"
+                       for i, (runs, wall, _) in enumerate(r.halves, start=1))
+    print(f"  plain docker run (two halves, {halves})")
+    print(f"  {'':<50} {walls:8.2f} s   {r.baseline_rate:7.2f} runs/s")
+    print(f"  ratio worker/plain = {r.ratio:.2f}   (target >= {TARGET_RATIO})")
+    w_lat = [s.final_at - s.sent for s in r.worker if s.final_at is not None]
+    b_lat = [run.wall_s for runs, _, _ in r.halves for run in runs]
+    for label, values in (("worker: POST -> final status received", w_lat), ("plain: docker run CLI wall", b_lat)):
+        print(f"  latency per job, {label:<38} mean {fmt(mean(values), 6)} median {fmt(median(values), 6)} "
+              f"p90 {fmt(p90(values), 6)} max {fmt(max(values), 6)} s")
+    cycle = [s.seen_s for s in r.worker]
+    print(f"  (closed loop: throughput ~ concurrency / mean cycle; worker client cycle mean {fmt(mean(cycle), 0)} s "
+          f"-> {r.concurrency / (mean(cycle) or 1):.2f}/s, plain {fmt(mean(b_lat), 0)} s -> "
+          f"{r.concurrency / (mean(b_lat) or 1):.2f}/s)")
+
+
+def print_cpu(r: Results) -> None:
+    phases = [("worker phase", r.worker_wall, r.worker_cpu)]
+    phases += [(f"plain half {i}", wall, cpu) for i, (_, wall, cpu) in enumerate(r.halves, start=1)]
+    print(f"\nCPU seconds per phase ({os.cpu_count()} CPUs on this host; per job in brackets, ms)")
+    print(f"  {'':<40}" + "".join(f"{name:>24}" for name, _, _ in phases))
+    counts = [r.jobs] + [len(runs) for runs, _, _ in r.halves]
+    for party in r.worker_cpu:
+        cells = "".join(f"{cpu[party]:10.1f} ({cpu[party] / n * 1000:7.1f} ms)" for (_, _, cpu), n in
+                        zip(phases, counts, strict=True))
+        print(f"  {party:<40}{cells}")
+    others = [cpu["host busy (all processes)"] - sum(v for k, v in cpu.items() if k != "host busy (all processes)")
+              for _, _, cpu in phases]
+    print(f"  {'rest (runc, shims, kernel, other users)':<40}" + "".join(
+        f"{value:10.1f} ({value / n * 1000:7.1f} ms)" for value, n in zip(others, counts, strict=True)))
+    print(f"  {'wall / host CPU busy':<40}" + "".join(
+        f"{wall:10.1f} s, {cpu['host busy (all processes)'] / (wall * (os.cpu_count() or 1)) * 100:5.0f} % busy"
+        for _, wall, cpu in phases))
+
+
+def print_resources(r: Results) -> None:
+    print("\nworker process (cicd-worker serve)")
+    print(f"  peak RSS (VmHWM): {r.end.hwm_kib / 1024:.1f} MiB at the end; {r.idle.hwm_kib / 1024:.1f} MiB when idle "
+          f"before the jobs; during the jobs VmRSS max {r.monitor.rss_kib / 1024:.1f} MiB, threads max "
+          f"{r.monitor.threads}, open files max {r.monitor.fds}")
+    print(f"  idle reading before the jobs: after {r.idle.waited_s:.1f} s "
+          f"({'settled' if r.idle.settled else 'NOT settled'}); after the jobs: after {r.end.waited_s:.1f} s "
+          f"({'settled' if r.end.settled else 'NOT settled'}); then "
+          + (f"back to the idle thread/fd figures {r.back_after:.1f} s later" if r.back_after is not None
+             else f"still above the idle thread/fd figures after {r.lingered.waited_s:.1f} s more"))
+    print(f"  {'':<42} {'idle before':>12} {'after jobs':>12} {'+linger':>9}")
+    rows = [("containers with label cicd.worker-id", "containers"), ("volumes with that label", "volumes"),
+            ("threads (/proc/PID/status Threads)", "threads"), ("open files (/proc/PID/fd)", "fds")]
+    for label, key in rows:
+        print(f"  {label:<42} {getattr(r.idle, key):>12} {getattr(r.end, key):>12} {getattr(r.lingered, key):>9}")
+    print(f"  {'VmRSS (MiB)':<42} {r.idle.rss_kib / 1024:12.1f} {r.end.rss_kib / 1024:12.1f} "
+          f"{r.lingered.rss_kib / 1024:9.1f}")
+    print(f"  outbox items kept aside as dead: {r.outbox_dead}")
+    print_changes("Python threads by name (py-spy dump)", r.idle.names, r.end.names, r.lingered.names)
+    print_changes("open files by kind", r.idle.fd_kinds, r.end.fd_kinds, r.lingered.fd_kinds)
+
+
+def print_changes(title: str, idle: Counter[str] | None, end: Counter[str] | None,
+                  lingered: Counter[str] | None) -> None:
+    """The names whose count differs from the idle reading, at the three readings."""
+    if idle is None or end is None:
+        print(f"  {title}: not available (py-spy not installed)")
+        return
+    lingered = lingered or Counter()
+    changed = [n for n in sorted(set(idle) | set(end) | set(lingered)) if end[n] != idle[n] or lingered[n] != idle[n]]
+    print(f"  {title}: {sum(idle.values())} idle before, {sum(end.values())} after the jobs, "
+          f"{sum(lingered.values())} +linger; {'those whose count changed:' if changed else 'no count changed'}")
+    for name in changed:
+        print(f"    {name:<66} {idle[name]:>5} {end[name]:>5} {lingered[name]:>5}")
+
+
+def print_histories(r: Results) -> None:
+    bad = r.bad_histories()
+    print(f"\nbackend histories: {r.jobs - len(bad)}/{r.jobs} exactly RUNNING, SUCCESS with no contract violation")
+    for s in bad[:10]:
+        print(f"  job {s.job_id}: {s.statuses} violations {s.violations}")
+
+
+def verdict(r: Results) -> bool:
+    checks = {
+        f"ratio {r.ratio:.2f} >= {TARGET_RATIO}": r.ratio >= TARGET_RATIO,
+        f"containers {r.end.containers} <= {r.idle.containers}": r.end.containers <= r.idle.containers,
+        f"volumes {r.end.volumes} <= {r.idle.volumes}": r.end.volumes <= r.idle.volumes,
+        f"threads {r.end.threads} <= {r.idle.threads}": r.end.threads <= r.idle.threads,
+        f"open files {r.end.fds} <= {r.idle.fds}": r.end.fds <= r.idle.fds,
+        f"histories {r.jobs - len(r.bad_histories())}/{r.jobs} RUNNING,SUCCESS": not r.bad_histories(),
+    }
+    ok = all(checks.values())
+    failed = [name for name, good in checks.items() if not good]
+    print(f"\nVERDICT: {'PASS' if ok else 'FAIL'}: " + "; ".join(
+        f"{name} {'ok' if good else 'MISSED'}" for name, good in checks.items())
+        + (f"  (missed: {len(failed)})" if failed else ""))
+    return ok
+
+
+def report(setup: Setup, r: Results) -> None:
+    print_throughput(r)
+    containers_w = engine_containers(setup.events, LABEL_JOB)
+    containers_b = engine_containers(setup.events, LABEL_RUN)
+    print("\nwhere the time per job goes (s; worker: after the POST; engine times from `docker events`)")
+    print_steps("worker", worker_marks(r.worker, containers_w), WORKER_STEPS)
+    print_steps("plain docker run", baseline_marks([run for runs, _, _ in r.halves for run in runs], containers_b),
+                BASELINE_STEPS)
+    print_cpu(r)
+    print_resources(r)
+    print_histories(r)
+
+
+# -- main ----------------------------------------------------------------------------------------------------------
+
+
+def warm_up(setup: Setup, args: argparse.Namespace) -> tuple[Snapshot, list[str]]:
+    job = new_jobs(setup, "soak-warm-up", 1, 1)
+    db = BackendDB(setup.db_path)
+    try:
+        sample = post_and_wait(setup, db, *job[0], args.poll_ms / 1000)
+        statuses = [h["status"] for h in db.history(sample.job_id)]
+    finally:
+        db.close()
+    if statuses != ["RUNNING", "SUCCESS"]:
+        raise RuntimeError(f"warm-up job history {statuses}; see {setup.workdir / 'worker.log'}")
+    docker_run(setup.bench_id, "warm-up")
+    idle = wait_idle(setup, [sample.flow_run_id], args.settle)
+    print(f"warm-up done (one job, one docker run); idle after {idle.waited_s:.1f} s: containers {idle.containers}, "
+          f"volumes {idle.volumes}, threads {idle.threads}, open files {idle.fds}, VmRSS {idle.rss_kib / 1024:.1f} "
+          f"MiB, VmHWM {idle.hwm_kib / 1024:.1f} MiB", flush=True)
+    return idle, [sample.flow_run_id]
+
+
+def timed_baseline(setup: Setup, first: int, count: int, concurrency: int, name: str
+                   ) -> tuple[list[RunSample], float, dict[str, float]]:
+    before = cpu_snapshot(setup)
+    runs, wall = baseline_phase(setup, first, count, concurrency)
+    cpu = cpu_delta(before, cpu_snapshot(setup))
+    print(f"{name}: {count} docker runs in {wall:.2f} s = {count / wall:.2f} runs/s", flush=True)
+    return runs, wall, cpu
+
+
+def measure(setup: Setup, args: argparse.Namespace) -> Results:
+    idle, flow_runs = warm_up(setup, args)
+    jobs = new_jobs(setup, "soak", args.jobs, args.concurrency)
+    print(f"{len(jobs)} jobs created in the backend; plain half 1 ...", flush=True)
+    first_half = args.jobs // 2
+    halves = [timed_baseline(setup, 0, first_half, args.concurrency, "plain half 1")]
+    print("worker phase ...", flush=True)
+    before = cpu_snapshot(setup)
+    with Monitor(setup.worker_pid) as monitor:
+        samples, wall = worker_phase(setup, jobs, args.concurrency, args.poll_ms / 1000)
+    worker_cpu = cpu_delta(before, cpu_snapshot(setup))
+    print(f"worker phase: {len(samples)} jobs final in {wall:.2f} s (client wall); waiting for the worker to be "
+          "idle ...", flush=True)
+    end = wait_idle(setup, flow_runs + [s.flow_run_id for s in samples], args.settle)
+    lingered, back_after = linger(setup, idle, args.linger)
+    dead = outbox_counts(setup.workdir / "state")[1]
+    halves.append(timed_baseline(setup, first_half, args.jobs - first_half, args.concurrency, "plain half 2"))
+    return Results(args.jobs, args.concurrency, idle, samples, wall, worker_cpu, halves, monitor, end, lingered,
+                   back_after, dead)
+
+
+def profile(setup: Setup, args: argparse.Namespace) -> None:
+    count = min(args.jobs, PROFILE_JOBS)
+    for mode in ("gil", "wall"):
+        jobs = new_jobs(setup, f"soak-profile-{mode}", count, args.concurrency)
+        out = args.profile / f"soak-worker-{mode}.folded"
+        print(f"\nprofile ({mode}): {count} more jobs at concurrency {args.concurrency} under py-spy record "
+              f"(not counted) -> {out}", flush=True)
+        spy = start_py_spy(setup.worker_pid, out, mode)
+        try:
+            samples, wall = worker_phase(setup, jobs, args.concurrency, args.poll_ms / 1000)
+        finally:
+            stop_py_spy(spy)
+        print(f"  {len(samples)} jobs in {wall:.2f} s = {len(samples) / wall:.2f} jobs/s under the profiler")
+        (summarise_gil if mode == "gil" else summarise_wall)(out, wall)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=500, help="jobs through the worker, and plain runs (default 500)")
+    parser.add_argument("--concurrency", type=int, default=8,
+                        help="client threads on each side, and WORKER_MAX_CONCURRENT_JOBS (default 8)")
+    parser.add_argument("--poll-ms", type=float, default=20.0,
+                        help="how often a client reads the backend's records for its job's final status")
+    parser.add_argument("--settle", type=float, default=2.0,
+                        help="seconds the idle worker's thread/fd counts must hold still (default 2)")
+    parser.add_argument("--linger", type=float, default=30.0,
+                        help="seconds more to watch threads/fds come back to the idle figure (default 30)")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="afterwards, two more blocks of jobs under py-spy record; stacks saved in DIR")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (worker, backend, Prefect logs)")
+    args = parser.parse_args(argv)
+    if args.jobs < 2 or args.concurrency < 1:
+        parser.error("--jobs must be at least 2 and --concurrency at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the set-up is torn down
+    print(versions(), flush=True)
+    with environment(args) as setup:
+        print(f"soak: {args.jobs} jobs (script `true`, image {IMAGE}) at client concurrency {args.concurrency}; "
+              f"worker pid {setup.worker_pid} with WORKER_MAX_CONCURRENT_JOBS={args.concurrency}, "
+              f"WORKER_MAX_QUEUED_JOBS={args.jobs + 100}, WORKER_PULL_POLICY=never, WORKER_ID={setup.worker_id}; "
+              f"backend pid {setup.backend_pid}", flush=True)
+        results = measure(setup, args)
+        report(setup, results)
+        if args.profile:
+            profile(setup, args)
+        ok = verdict(results)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

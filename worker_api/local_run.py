@@ -1,0 +1,132 @@
+"""``cicd-worker run PIPELINE.yaml``: a pipeline file run on this machine with the service's own flows.
+
+The reference backend starts in-process on a free loopback port (SQLite under the run's folder), the file
+is loaded into it as a pipeline run, and the execute-pipeline flow runs it here, exactly as for a
+backend's request. Output goes to ``.cicd/runs/<run>/`` (artifacts under ``artifacts/<job>/``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from worker_api.pipeline_file import PipelineFile, PipelineFileError, load_pipeline_file
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+def check(path: Path) -> int:
+    """Validate only; print every problem. Exit 2 when the file is invalid."""
+    try:
+        pipeline = load_pipeline_file(path)
+    except PipelineFileError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_INVALID
+    print(f"{path}: OK: pipeline {pipeline.name!r}, {len(pipeline.stages)} stages, {len(pipeline.jobs)} jobs")
+    return EXIT_OK
+
+
+def dry_run(pipeline: PipelineFile) -> int:
+    """Print the plan: the order in which jobs can start, level by level. Nothing runs."""
+    stage_of = {job.name: job.stage for job in pipeline.jobs}
+    print(f"pipeline {pipeline.name!r}: {len(pipeline.jobs)} jobs")
+    for number, level in enumerate(pipeline.plan_levels(), start=1):
+        print(f"level {number}: " + ", ".join(f"{name} ({stage_of[name]})" for name in level))
+    return EXIT_OK
+
+
+def run(path: Path, *, dry: bool = False, runs_dir: Path = Path(".cicd/runs")) -> int:
+    """Validate, then run the pipeline file (or print its plan); exit 0 only if it succeeded."""
+    try:
+        pipeline = load_pipeline_file(path)
+    except PipelineFileError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_INVALID
+    if dry:
+        return dry_run(pipeline)
+    run_dir = runs_dir / f"{_slug(pipeline.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("WORKER_STATE_DIR", str(runs_dir.parent / "state"))
+    from worker_api.cli import flush_outbox, prefect_api
+
+    with prefect_api() as api_url:
+        return _run_with_backend(pipeline, run_dir, api_url, flush_outbox)
+
+
+def _run_with_backend(pipeline: PipelineFile, run_dir: Path, api_url: str, flush: Any) -> int:
+    from flows import runtime
+    from reference_backend.server import BackendServer
+
+    with BackendServer(run_dir / "backend") as backend:
+        os.environ["WORKER_BACKEND_URL"] = backend.api_url
+        runtime.reset()
+        created = httpx.post(f"{backend.url}/admin/pipeline-runs", timeout=30, json={
+            "name": pipeline.name, "local": True, "jobs": [job.to_admin() for job in pipeline.jobs]})
+        created.raise_for_status()
+        pipeline_id = created.json()["pipelineExecutionId"]
+        state = _execute(pipeline, pipeline_id, run_dir)
+        flush()
+        saved = _save_artifacts(backend.data_dir, created.json()["jobs"], run_dir / "artifacts")
+    _summary(pipeline, pipeline_id, state, api_url, run_dir, saved)
+    return EXIT_OK if state.is_completed() else EXIT_FAILED
+
+
+def _execute(pipeline: PipelineFile, pipeline_id: str, run_dir: Path) -> Any:
+    from flows.pipeline_flow import execute_pipeline
+    from worker_api.progress import PipelineProgress
+
+    _quiet_prefect_console()
+    stages = {job.name: job.stage for job in pipeline.jobs}
+    print(f"running pipeline {pipeline.name!r} ({len(pipeline.jobs)} jobs); output in {run_dir}", flush=True)
+    with PipelineProgress(pipeline_id, stages):
+        return execute_pipeline(pipeline_id, seed_directory=str(pipeline.path.resolve().parent), return_state=True)
+
+
+def _save_artifacts(data_dir: Path, jobs: dict[str, str], target: Path) -> int:
+    """Copy what the backend received to ``artifacts/<job name>/<path>``; returns the file count."""
+    count = 0
+    for name, job_execution_id in jobs.items():
+        source = data_dir / "artifacts" / job_execution_id
+        if source.is_dir():
+            shutil.copytree(source, target / name, dirs_exist_ok=True)
+            count += sum(1 for item in (target / name).rglob("*") if item.is_file())
+    return count
+
+
+def _summary(pipeline: PipelineFile, pipeline_id: str, state: Any, api_url: str, run_dir: Path, saved: int) -> None:
+    from rich.console import Console
+
+    from worker_api.progress import PipelineProgress
+
+    progress = PipelineProgress(pipeline_id, {job.name: job.stage for job in pipeline.jobs})
+    verdict = "SUCCEEDED" if state.is_completed() else "FAILED"
+    if sys.stdout.isatty():
+        Console().print(progress.table(title=f"pipeline {pipeline.name}: {verdict}"))
+    else:
+        for record in sorted(progress.records(), key=lambda r: r.name):
+            print("final " + progress.line(record))
+    flow_run_id = state.state_details.flow_run_id
+    print(f"pipeline {pipeline.name}: {verdict} ({state.message})")
+    print(f"Prefect UI: {api_url.removesuffix('/api')}/runs/flow-run/{flow_run_id}")
+    print(f"artifacts: {saved} file(s) in {run_dir / 'artifacts'}")
+
+
+def _quiet_prefect_console() -> None:
+    """Keep Prefect's console lines from tearing the live table; its API logs (the UI) are unaffected."""
+    import logging
+
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            if "Console" in type(handler).__name__:
+                handler.setLevel(logging.WARNING)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_.-]+", "-", text).strip("-") or "pipeline"
