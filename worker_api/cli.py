@@ -27,8 +27,12 @@ def flush_outbox() -> None:
 
 
 @contextlib.contextmanager
-def prefect_api() -> Iterator[str]:
-    """Use ``PREFECT_API_URL`` when set; else start a local Prefect server for the duration."""
+def prefect_api(keep_server: bool = False) -> Iterator[str]:
+    """Use ``PREFECT_API_URL`` when set; else start a local Prefect server for the duration.
+
+    ``keep_server`` leaves a server we started running afterwards, so that the UI link printed at the
+    end of a local run still opens; it is reused by the next run.
+    """
     url = os.environ.get("PREFECT_API_URL")
     if url:
         yield url
@@ -44,8 +48,12 @@ def prefect_api() -> Iterator[str]:
     try:
         yield server.api_url
     finally:
-        print("stopping the local Prefect server", file=sys.stderr, flush=True)
-        server.stop()
+        if keep_server and server.pid is not None:
+            print(f"the local Prefect server keeps running for its UI at {server.ui_url} "
+                  f"(stop it with: kill {server.pid})", file=sys.stderr, flush=True)
+        else:
+            print("stopping the local Prefect server", file=sys.stderr, flush=True)
+            server.stop()
 
 
 def serve(host: str | None, port: int | None) -> int:

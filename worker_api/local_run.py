@@ -56,7 +56,7 @@ def run(path: Path, *, dry: bool = False, runs_dir: Path = Path(".cicd/runs")) -
     os.environ.setdefault("WORKER_STATE_DIR", str(runs_dir.parent / "state"))
     from worker_api.cli import flush_outbox, prefect_api
 
-    with prefect_api() as api_url:
+    with prefect_api(keep_server=True) as api_url:
         return _run_with_backend(pipeline, run_dir, api_url, flush_outbox)
 
 

@@ -47,6 +47,11 @@ class LocalPrefectServer:
                 raise RuntimeError(f"prefect server not healthy after {timeout:g} s (log: {self.log_path})")
             time.sleep(0.5)
 
+    @property
+    def pid(self) -> int | None:
+        """Process id of the server we started (None when an already running one was reused)."""
+        return self._process.pid if self._process is not None and self._process.poll() is None else None
+
     def _healthy(self) -> bool:
         try:
             return httpx.get(f"{self.api_url}/health", timeout=2.0).status_code == 200
