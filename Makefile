@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup docker run serve test lint bench clean
+.PHONY: setup docker chromium run serve test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ setup: $(STAMP) docker
 
 docker:
 	bash scripts/setup-docker.sh
+
+## headless Chromium for the Prefect UI test (Debian's package)
+chromium:
+	bash scripts/setup-chromium.sh
 
 ## run the main example pipeline on this machine (local Prefect server, reference backend in-process)
 run: setup
@@ -31,7 +35,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 ## lint, type-check and run the whole suite (real engine, real Prefect server, reference backend)
-test: setup lint
+test: setup chromium lint
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: setup

@@ -101,7 +101,6 @@ from logs import (  # noqa: E402
     summarise_gil,
     summarise_wall,
     versions,
-    wait_until,
 )
 
 from tests.support import WorkerProcess, free_port  # noqa: E402
@@ -109,7 +108,7 @@ from worker_api.prefect_server import LocalPrefectServer  # noqa: E402
 
 LABEL_RUN = "cicd.bench-run"
 TARGET_RATIO = 0.7
-JOB_TIMEOUT_SECONDS = 300.0
+DOCKER_RUN_TIMEOUT_SECONDS = 300.0
 IDLE_TIMEOUT_SECONDS = 180.0
 SAMPLE_SECONDS = 0.5
 PROFILE_JOBS = 100
@@ -305,7 +304,9 @@ class JobSample:
     flow_run_id: str
     sent: float  # epoch seconds, just before the POST
     ack_s: float  # POST -> 202 read
-    seen_s: float  # POST -> final status first seen by polling
+    seen_s: float  # POST -> final status first seen by polling (or given up)
+    finished: bool = True  # False: no final status within the job timeout, or the POST failed
+    error: str | None = None  # the POST's failure, if it failed
     history: list[dict[str, Any]] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
 
@@ -315,28 +316,43 @@ class JobSample:
 
     @property
     def final_at(self) -> float | None:
-        return epoch(self.history[-1]["received_at"]) if self.history else None
+        final = self.history and self.history[-1]["status"] in FINAL
+        return epoch(self.history[-1]["received_at"]) if final else None
 
     @property
     def statuses(self) -> list[str]:
         return [h["status"] for h in self.history]
 
 
-def post_and_wait(setup: Setup, db: BackendDB, job_id: str, dto: dict[str, Any], poll: float) -> JobSample:
+def post_and_wait(setup: Setup, db: BackendDB, job_id: str, dto: dict[str, Any], poll: float, timeout: float
+                  ) -> JobSample:
+    """POST one job and wait for its final status; a job without one after ``timeout`` s is given up on (it is
+    reported, and fails the verdict) so that one lost job does not end the soak."""
     sent, start = time.time(), time.perf_counter()
-    answer = setup.worker.post("/api/job/execute", json=dto)
+    error: str | None = None
+    try:
+        answer = setup.worker.post("/api/job/execute", json=dto, timeout=timeout)
+    except httpx.HTTPError as exc:
+        error = f"POST /api/job/execute failed after {time.perf_counter() - start:.1f} s: {exc!r}"
+    else:
+        if answer.status_code != 202:
+            error = f"worker answered {answer.status_code}: {answer.text[:300]}"
     ack = time.perf_counter() - start
-    if answer.status_code != 202:
-        raise RuntimeError(f"worker answered {answer.status_code} for job {job_id}: {answer.text[:500]}")
-
-    def ended() -> bool:
+    if error is not None:
+        print(f"  job {job_id}: {error}; going on", flush=True)
+        return JobSample(job_id, "", sent, ack, ack, finished=False, error=error)
+    flow_run_id = answer.json()["flowRunId"]
+    deadline = start + timeout
+    while db.status(job_id) not in FINAL:
         process = setup.worker_process.process
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"the worker exited; see {setup.workdir / 'worker.log'}")
-        return db.status(job_id) in FINAL
-
-    wait_until(ended, JOB_TIMEOUT_SECONDS, poll, f"the final status of job {job_id}")
-    return JobSample(job_id, answer.json()["flowRunId"], sent, ack, time.perf_counter() - start)
+        if time.perf_counter() > deadline:
+            print(f"  job {job_id} (flow run {flow_run_id}) has no final status after {timeout:g} s; going on",
+                  flush=True)
+            return JobSample(job_id, flow_run_id, sent, ack, time.perf_counter() - start, finished=False)
+        time.sleep(poll)
+    return JobSample(job_id, flow_run_id, sent, ack, time.perf_counter() - start)
 
 
 def closed_loop(concurrency: int, count: int, one: Callable[[int, Any], Any], context: Callable[[], Any]
@@ -375,10 +391,10 @@ def closed_loop(concurrency: int, count: int, one: Callable[[int, Any], Any], co
     return results, wall
 
 
-def worker_phase(setup: Setup, jobs: list[tuple[str, dict[str, Any]]], concurrency: int, poll: float
-                 ) -> tuple[list[JobSample], float]:
+def worker_phase(setup: Setup, jobs: list[tuple[str, dict[str, Any]]], concurrency: int, poll: float,
+                 timeout: float) -> tuple[list[JobSample], float]:
     def one(index: int, db: BackendDB) -> JobSample:
-        return post_and_wait(setup, db, *jobs[index], poll)
+        return post_and_wait(setup, db, *jobs[index], poll, timeout)
 
     samples, wall = closed_loop(concurrency, len(jobs), one, lambda: BackendDB(setup.db_path))
     db = BackendDB(setup.db_path)
@@ -406,7 +422,8 @@ def docker_run(bench_id: str, tag: str) -> RunSample:
     command = ["docker", "run", "--rm", "--network", "none", "--label", f"{LABEL_BENCH}={bench_id}",
                "--label", f"{LABEL_RUN}={tag}", IMAGE, "true"]
     sent, start = time.time(), time.perf_counter()
-    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=JOB_TIMEOUT_SECONDS)
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          timeout=DOCKER_RUN_TIMEOUT_SECONDS)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"docker run exited {done.returncode}: {done.stderr.decode(errors='replace')[-1000:]}")
@@ -443,6 +460,55 @@ class Monitor:
                 self.threads, self.fds = max(self.threads, threads), max(self.fds, fds)
             if self._stop.wait(SAMPLE_SECONDS):
                 return
+
+
+class PrefectProbe:
+    """One small write to the Prefect API a second (a variable's value), timed: shows the server's stalls.
+
+    The Prefect server on SQLite answers 503 when its database stays locked, and Prefect's client then
+    backs off (2, 4, 8 ... s); a read would not see that (WAL readers are not blocked), a write does.
+    """
+
+    def __init__(self, api_url: str, interval: float = 1.0) -> None:
+        self.http = httpx.Client(base_url=api_url, timeout=120)
+        self.name = f"soak_probe_{uuid.uuid4().hex[:8]}"
+        self.interval = interval
+        self.samples: list[tuple[float, float, int]] = []  # (start, seconds, status; 0 on a transport error)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="prefect-probe", daemon=True)
+
+    def __enter__(self) -> PrefectProbe:
+        self.http.post("/variables/", json={"name": self.name, "value": 0}).raise_for_status()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(130)
+        with contextlib.suppress(httpx.HTTPError):
+            self.http.delete(f"/variables/name/{self.name}")
+        self.http.close()
+
+    def _loop(self) -> None:
+        count = 0
+        while not self._stop.wait(self.interval):
+            count += 1
+            start = time.perf_counter()
+            try:
+                code = self.http.patch(f"/variables/name/{self.name}", json={"value": count}).status_code
+            except httpx.HTTPError:
+                code = 0
+            self.samples.append((start, time.perf_counter() - start, code))
+
+    def summary(self) -> str:
+        if not self.samples:
+            return "no probe"
+        took = [seconds for _, seconds, _ in self.samples]
+        bad = Counter(code for _, _, code in self.samples if code != 204)
+        slow = [seconds for seconds in took if seconds > 1.0]
+        return (f"{len(took)} writes: median {(median(took) or 0) * 1000:.0f} ms, p90 {(p90(took) or 0) * 1000:.0f} "
+                f"ms, max {max(took):.2f} s; {len(slow)} took over 1 s ({sum(slow):.0f} s in all); answers other "
+                f"than 204: {dict(bad) if bad else 'none'}")
 
 
 # -- idle ----------------------------------------------------------------------------------------------------------
@@ -487,10 +553,18 @@ def outbox_counts(state_dir: Path) -> tuple[int, int]:
     return int(rows.get("pending", 0)), int(rows.get("dead", 0))
 
 
-def unfinished_flow_runs(setup: Setup, flow_run_ids: list[str]) -> int:
-    body = {"flow_runs": {"id": {"any_": flow_run_ids}, "state": {"type": {"not_any_": sorted(PREFECT_DONE)}}}}
-    answer = setup.prefect.post("/flow_runs/count", json=body)
-    answer.raise_for_status()
+def unfinished_flow_runs(setup: Setup, flow_run_ids: list[str]) -> int | None:
+    """Flow runs of these ids not yet in a terminal state (None when the Prefect API did not answer)."""
+    ids = [i for i in flow_run_ids if i]  # a refused POST has no flow run
+    if not ids:
+        return 0
+    body = {"flow_runs": {"id": {"any_": ids}, "state": {"type": {"not_any_": sorted(PREFECT_DONE)}}}}
+    try:
+        answer = setup.prefect.post("/flow_runs/count", json=body)
+        answer.raise_for_status()
+    except httpx.HTTPError as exc:
+        print(f"  Prefect API: {exc!r}; asking again", flush=True)
+        return None
     return int(answer.json())
 
 
@@ -627,15 +701,20 @@ class Results:
     lingered: Snapshot
     back_after: float | None
     outbox_dead: int
+    prefect_probe: str
 
     @property
     def worker_span(self) -> float:
-        finals = [s.final_at for s in self.worker if s.final_at is not None]
-        return max(finals) - min(s.sent for s in self.worker)
+        finals = [s.final_at for s in self.worker if s.finished and s.final_at is not None]
+        return (max(finals) if finals else time.time()) - min(s.sent for s in self.worker)
+
+    @property
+    def finished(self) -> int:
+        return sum(1 for s in self.worker if s.finished and s.final_at is not None)
 
     @property
     def worker_rate(self) -> float:
-        return self.jobs / self.worker_span
+        return self.finished / self.worker_span
 
     @property
     def baseline_rate(self) -> float:
@@ -651,6 +730,9 @@ class Results:
 
 def print_throughput(r: Results) -> None:
     print(f"\nthroughput ({r.jobs} jobs `true`, client concurrency {r.concurrency})")
+    if r.finished < r.jobs:
+        print(f"  {r.jobs - r.finished} jobs reached no final status within the job timeout: the worker figure counts "
+              f"the {r.finished} that did, and includes the time their clients spent waiting for the others")
     print(f"  worker: first POST -> last final status received   {r.worker_span:8.2f} s   {r.worker_rate:7.2f} jobs/s"
           f"   (client wall {r.worker_wall:.2f} s)")
     walls = sum(wall for _, wall, _ in r.halves)
@@ -663,7 +745,7 @@ def print_throughput(r: Results) -> None:
     b_lat = [run.wall_s for runs, _, _ in r.halves for run in runs]
     for label, values in (("worker: POST -> final status received", w_lat), ("plain: docker run CLI wall", b_lat)):
         print(f"  latency per job, {label:<38} mean {fmt(mean(values), 6)} median {fmt(median(values), 6)} "
-              f"p90 {fmt(p90(values), 6)} max {fmt(max(values), 6)} s")
+              f"p90 {fmt(p90(values), 6)} max {fmt(max(values) if values else None, 6)} s")
     cycle = [s.seen_s for s in r.worker]
     print(f"  (closed loop: throughput ~ concurrency / mean cycle; worker client cycle mean {fmt(mean(cycle), 0)} s "
           f"-> {r.concurrency / (mean(cycle) or 1):.2f}/s, plain {fmt(mean(b_lat), 0)} s -> "
@@ -677,15 +759,15 @@ def print_cpu(r: Results) -> None:
     print(f"  {'':<40}" + "".join(f"{name:>24}" for name, _, _ in phases))
     counts = [r.jobs] + [len(runs) for runs, _, _ in r.halves]
     for party in r.worker_cpu:
-        cells = "".join(f"{cpu[party]:10.1f} ({cpu[party] / n * 1000:7.1f} ms)" for (_, _, cpu), n in
+        cells = "".join(f" {cpu[party]:10.1f} ({cpu[party] / n * 1000:7.1f} ms)" for (_, _, cpu), n in
                         zip(phases, counts, strict=True))
         print(f"  {party:<40}{cells}")
     others = [cpu["host busy (all processes)"] - sum(v for k, v in cpu.items() if k != "host busy (all processes)")
               for _, _, cpu in phases]
     print(f"  {'rest (runc, shims, kernel, other users)':<40}" + "".join(
-        f"{value:10.1f} ({value / n * 1000:7.1f} ms)" for value, n in zip(others, counts, strict=True)))
+        f" {value:10.1f} ({value / n * 1000:7.1f} ms)" for value, n in zip(others, counts, strict=True)))
     print(f"  {'wall / host CPU busy':<40}" + "".join(
-        f"{wall:10.1f} s, {cpu['host busy (all processes)'] / (wall * (os.cpu_count() or 1)) * 100:5.0f} % busy"
+        f" {wall:9.1f} s {cpu['host busy (all processes)'] / (wall * (os.cpu_count() or 1)) * 100:4.0f}% busy"
         for _, wall, cpu in phases))
 
 
@@ -725,11 +807,27 @@ def print_changes(title: str, idle: Counter[str] | None, end: Counter[str] | Non
         print(f"    {name:<66} {idle[name]:>5} {end[name]:>5} {lingered[name]:>5}")
 
 
-def print_histories(r: Results) -> None:
+def flow_run_state(setup: Setup, flow_run_id: str) -> str:
+    try:
+        state = setup.prefect.get(f"/flow_runs/{flow_run_id}").json().get("state") or {}
+    except (httpx.HTTPError, ValueError) as exc:
+        return f"? ({exc})"
+    return f"{state.get('type')} {str(state.get('message') or '')[:240]!r}"
+
+
+def print_histories(setup: Setup, r: Results) -> None:
     bad = r.bad_histories()
     print(f"\nbackend histories: {r.jobs - len(bad)}/{r.jobs} exactly RUNNING, SUCCESS with no contract violation")
     for s in bad[:10]:
-        print(f"  job {s.job_id}: {s.statuses} violations {s.violations}")
+        if s.error:
+            print(f"  job {s.job_id}: {s.error}; history {s.statuses or '(none)'}")
+            continue
+        print(f"  job {s.job_id}: history {s.statuses or '(none)'}, violations {s.violations}; its Prefect flow run "
+              f"{s.flow_run_id}: {flow_run_state(setup, s.flow_run_id)}")
+    log = (setup.workdir / "worker.log").read_text(errors="replace")
+    print(f"  worker log: {log.count('Encountered exception during execution')} flow runs ended on an exception, "
+          f"{log.count('503 Service Unavailable')} mentions of '503 Service Unavailable' (the Prefect server), "
+          f"{log.count('LOST STATUS')} of 'LOST STATUS'")
 
 
 def verdict(r: Results) -> bool:
@@ -757,9 +855,10 @@ def report(setup: Setup, r: Results) -> None:
     print_steps("worker", worker_marks(r.worker, containers_w), WORKER_STEPS)
     print_steps("plain docker run", baseline_marks([run for runs, _, _ in r.halves for run in runs], containers_b),
                 BASELINE_STEPS)
+    print(f"\nPrefect server responsiveness during the worker phase (PATCH of a variable, 1/s): {r.prefect_probe}")
     print_cpu(r)
     print_resources(r)
-    print_histories(r)
+    print_histories(setup, r)
 
 
 # -- main ----------------------------------------------------------------------------------------------------------
@@ -769,7 +868,7 @@ def warm_up(setup: Setup, args: argparse.Namespace) -> tuple[Snapshot, list[str]
     job = new_jobs(setup, "soak-warm-up", 1, 1)
     db = BackendDB(setup.db_path)
     try:
-        sample = post_and_wait(setup, db, *job[0], args.poll_ms / 1000)
+        sample = post_and_wait(setup, db, *job[0], args.poll_ms / 1000, args.job_timeout)
         statuses = [h["status"] for h in db.history(sample.job_id)]
     finally:
         db.close()
@@ -800,8 +899,8 @@ def measure(setup: Setup, args: argparse.Namespace) -> Results:
     halves = [timed_baseline(setup, 0, first_half, args.concurrency, "plain half 1")]
     print("worker phase ...", flush=True)
     before = cpu_snapshot(setup)
-    with Monitor(setup.worker_pid) as monitor:
-        samples, wall = worker_phase(setup, jobs, args.concurrency, args.poll_ms / 1000)
+    with Monitor(setup.worker_pid) as monitor, PrefectProbe(str(setup.prefect.base_url)) as probe:
+        samples, wall = worker_phase(setup, jobs, args.concurrency, args.poll_ms / 1000, args.job_timeout)
     worker_cpu = cpu_delta(before, cpu_snapshot(setup))
     print(f"worker phase: {len(samples)} jobs final in {wall:.2f} s (client wall); waiting for the worker to be "
           "idle ...", flush=True)
@@ -810,7 +909,7 @@ def measure(setup: Setup, args: argparse.Namespace) -> Results:
     dead = outbox_counts(setup.workdir / "state")[1]
     halves.append(timed_baseline(setup, first_half, args.jobs - first_half, args.concurrency, "plain half 2"))
     return Results(args.jobs, args.concurrency, idle, samples, wall, worker_cpu, halves, monitor, end, lingered,
-                   back_after, dead)
+                   back_after, dead, probe.summary())
 
 
 def profile(setup: Setup, args: argparse.Namespace) -> None:
@@ -822,7 +921,7 @@ def profile(setup: Setup, args: argparse.Namespace) -> None:
               f"(not counted) -> {out}", flush=True)
         spy = start_py_spy(setup.worker_pid, out, mode)
         try:
-            samples, wall = worker_phase(setup, jobs, args.concurrency, args.poll_ms / 1000)
+            samples, wall = worker_phase(setup, jobs, args.concurrency, args.poll_ms / 1000, args.job_timeout)
         finally:
             stop_py_spy(spy)
         print(f"  {len(samples)} jobs in {wall:.2f} s = {len(samples) / wall:.2f} jobs/s under the profiler")
@@ -836,6 +935,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="client threads on each side, and WORKER_MAX_CONCURRENT_JOBS (default 8)")
     parser.add_argument("--poll-ms", type=float, default=20.0,
                         help="how often a client reads the backend's records for its job's final status")
+    parser.add_argument("--job-timeout", type=float, default=120.0,
+                        help="seconds a job may take to reach a final status before it is given up on (default 120)")
     parser.add_argument("--settle", type=float, default=2.0,
                         help="seconds the idle worker's thread/fd counts must hold still (default 2)")
     parser.add_argument("--linger", type=float, default=30.0,

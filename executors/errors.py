@@ -12,8 +12,10 @@
         ├── ImageUnavailable       image missing under the pull policy, or the pull failed (not retried:
         │                          a missing image does not appear by waiting)
         ├── ContainerLost          the container vanished while the job ran
-        └── BackendError           the CI backend refused a call (4xx) or stayed unreachable
-            (defined in ``worker_api.backend_client``)
+        ├── BackendError           the CI backend refused a call (4xx) or stayed unreachable
+        │   (defined in ``worker_api.backend_client``)
+        └── ContainerLimitUnavailable  pool mode: the Prefect global concurrency limit is missing (not
+            retried) or Prefect is unreachable (defined in ``flows.global_limit``)
 
 Cancellation is a state, not an error: the executor returns a result with ``canceled=True``.
 """

@@ -12,6 +12,7 @@ from executors.errors import WorkerError
 from flows.cancel_watch import PrefectCancelWatcher
 from flows.dependencies import wait_for_dependencies
 from flows.job_task import job_task, new_job_run
+from flows.pool_run import pool_process
 from flows.reporting import JobReporter
 from flows.runtime import JobRecord, get_backend, get_inflight, get_outbox, get_registry
 from flows.workspace import job_workspace_name, workspace
@@ -36,20 +37,19 @@ def job_tags(job: JobExecutionDTO) -> list[str]:
     return tags
 
 
-def _flow_run_name() -> str:
-    return job_run_name(JobExecutionDTO.model_validate(runtime_flow_run.parameters["job_execution"]))
-
-
-@flow(name="execute-job", flow_run_name=_flow_run_name, persist_result=False, validate_parameters=False)
+# No flow_run_name here: callers name the run when they create it (dispatcher, CLI). A name template makes the
+# engine rename the run (a PATCH) and resolve the result store once more before the flow starts (~50 ms).
+@flow(name="execute-job", persist_result=False, validate_parameters=False)
 def execute_job(job_execution: dict[str, Any]) -> Any:
     """Run one job execution (a JobExecutionDTO as JSON) after its dependencies; report to the backend."""
     job = JobExecutionDTO.model_validate(job_execution)
-    settings = get_settings()
-    record, _ = get_registry().claim(job.id, job.job.name, job.pipeline_execution_id)
-    record.flow_run_id = record.flow_run_id or runtime_flow_run.id
-    reporter = JobReporter(job, record, get_outbox(), get_inflight(), settings)
-    with PrefectCancelWatcher(runtime_flow_run.id, lambda: [record]):
-        return _run_job(job, record, reporter)
+    with pool_process():  # a no-op unless a pool worker started this run
+        settings = get_settings()
+        record, _ = get_registry().claim(job.id, job.job.name, job.pipeline_execution_id)
+        record.flow_run_id = record.flow_run_id or runtime_flow_run.id
+        reporter = JobReporter(job, record, get_outbox(), get_inflight(), settings)
+        with PrefectCancelWatcher(runtime_flow_run.id, lambda: [record]):
+            return _run_job(job, record, reporter)
 
 
 def _run_job(job: JobExecutionDTO, record: JobRecord, reporter: JobReporter) -> Any:
@@ -69,7 +69,9 @@ def _run_job(job: JobExecutionDTO, record: JobRecord, reporter: JobReporter) -> 
     labels = {"cicd.job-execution-id": str(job.id)}
     with workspace(job_workspace_name(str(job.id)), labels) as volume:
         run = new_job_run(job, reporter, settings, workspace_volume=volume)
-        state = job_task(run, settings, tags=job_tags(job))(run, return_state=True)
+        # No tags on the task run: Prefect asks the server for tag concurrency slots before a tagged task
+        # runs, and on a busy SQLite server that costs ~2 s (bench/pipeline.py). The flow run has the tags.
+        state = job_task(run, settings)(run, return_state=True)
     if not reporter.final_sent:  # a hook that crashed must not leave the backend waiting
         reporter.final(ExecutionStatus.FAILED, message=f"task ended {state.name} without a report")
     if record.status is ExecutionStatus.CANCELED:

@@ -23,10 +23,6 @@ _PREFECT_BATCH_LINES = 200
 _PREFECT_BATCH_SECONDS = 1.0
 
 
-def _size(text: str) -> int:
-    return len(text.encode("utf-8", errors="replace")) + 1
-
-
 class JobLog:
     """Thread-safe accumulator of log lines; see the module docstring."""
 
@@ -37,7 +33,7 @@ class JobLog:
         self._max_line_chars = max_line_chars
         self.chunk_bytes = chunk_bytes
         self._prefect_budget = prefect_max_bytes
-        self._tail: deque[str] = deque()
+        self._tail: deque[tuple[str, int]] = deque()  # (line, its size in bytes with the newline)
         self._tail_size = 0
         self._sha = hashlib.sha256()
         self.total_bytes = 0
@@ -65,7 +61,8 @@ class JobLog:
 
     def line(self, text: str) -> None:
         """Add one line (without its newline); a line longer than the limit becomes several."""
-        text = self.mask(text)
+        if self._secrets:
+            text = self.mask(text)
         step = self._max_line_chars
         pieces = [text[i:i + step] for i in range(0, len(text), step)] if len(text) > step else [text]
         with self._lock:
@@ -73,19 +70,23 @@ class JobLog:
                 self._add_locked(piece)
 
     def _add_locked(self, text: str) -> None:
-        size = _size(text)
-        self._sha.update((text + "\n").encode("utf-8", errors="replace"))
+        # Hot path (a job may print millions of lines): encode once, remember sizes, signal once per chunk.
+        encoded = (text + "\n").encode("utf-8", errors="replace")
+        size = len(encoded)
+        self._sha.update(encoded)
         self.total_bytes += size
         self.total_lines += 1
-        self._tail.append(text)
+        self._tail.append((text, size))
         self._tail_size += size
         while self._tail_size > self._tail_bytes and len(self._tail) > 1:
-            self._tail_size -= _size(self._tail.popleft())
+            self._tail_size -= self._tail.popleft()[1]
         self._chunk.append(text)
+        before = self._chunk_size
         self._chunk_size += size
-        if self._chunk_size >= self.chunk_bytes:
+        if before < self.chunk_bytes <= self._chunk_size:
             self.chunk_full.set()
-        self._forward_locked(text, size)
+        if self._forward is not None:
+            self._forward_locked(text, size)
 
     def _forward_locked(self, text: str, size: int) -> None:
         if self._forward is None or self._prefect_budget <= 0:
@@ -131,7 +132,7 @@ class JobLog:
     def text_for_status(self) -> str:
         """The kept tail, with a first line saying how much was cut when the log was longer."""
         with self._lock:
-            body = "".join(line + "\n" for line in self._tail)
+            body = "".join(line + "\n" for line, _ in self._tail)
             omitted = self.total_bytes - self._tail_size
         if omitted > 0:
             return f"{WORKER_PREFIX} log truncated: first {omitted} of {self.total_bytes} bytes omitted\n" + body

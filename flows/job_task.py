@@ -24,9 +24,12 @@ from executors.artifacts import discard
 from executors.base import JobResult, JobSpec
 from executors.errors import ArtifactsLost, InfrastructureError, JobFailure, JobTimedOut, ScriptFailed, is_retryable
 from flows.artifact_upload import publish_artifact_table, upload_artifacts
+from flows.global_limit import container_slot
 from flows.job_log import JobLog
+from flows.pool_run import pool_labels
 from flows.reporting import JobReporter, hook_attempt
 from flows.runtime import get_executor
+from worker_api import metrics
 from worker_api.models import ExecutionStatus, JobExecutionDTO
 from worker_api.recovery import LABEL_FLOW_RUN
 from worker_api.settings import Settings, get_settings
@@ -74,6 +77,7 @@ def new_job_run(job: JobExecutionDTO, reporter: JobReporter, settings: Settings,
     explicit = job.job.retries
     spec = job_spec(job, settings, workspace_volume)
     spec.labels[LABEL_FLOW_RUN] = str(reporter.record.flow_run_id or "")
+    spec.labels.update(pool_labels())
     return JobRun(job, spec, reporter, reporter.record.cancel,
                   retries=settings.max_retries if explicit is None else explicit,
                   script_retries=bool(explicit))
@@ -87,12 +91,15 @@ def run_container(run: JobRun) -> dict[str, Any]:
     if attempt > 1:
         run.log.note(f"attempt {attempt} of {run.retries + 1}")
     run.log.forward_to(get_run_logger())
+    metrics.RUNNING_CONTAINERS.inc()
     try:
-        result = get_executor().run(run.spec, run.log.line, run.cancel)
+        with container_slot(run.cancel, run.log.note):  # across pool workers; a no-op in-process
+            result = get_executor().run(run.spec, run.log.line, run.cancel)
     except InfrastructureError as exc:
         run.log.note(f"infrastructure failure: {exc}")
         raise
     finally:
+        metrics.RUNNING_CONTAINERS.dec()
         run.log.forward_to(None)
     run.result = result
     try:
@@ -129,18 +136,20 @@ def _judge(run: JobRun, result: JobResult) -> dict[str, Any]:
 
 
 def _should_retry(run: JobRun, task: Any, task_run: Any, state: State) -> bool:
+    kind: type[Exception] = Exception
     try:
         state.result()
     except ArtifactsLost:
         retry = False
     except JobFailure:
-        retry = run.script_retries
+        retry, kind = run.script_retries, JobFailure
     except Exception as exc:
         retry = is_retryable(exc)
     else:
         return False
     if retry:
         run.log.note(f"attempt {hook_attempt(task_run)} failed; retrying")
+        metrics.RETRIES.labels("script" if kind is JobFailure else "infrastructure").inc()
     return retry
 
 

@@ -20,10 +20,10 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Cancelled, Completed, Failed
 
 from flows.cancel_watch import PrefectCancelWatcher
-from flows.job_flow import job_tags
 from flows.job_task import JobRun, job_task, new_job_run
 from flows.pipeline_plan import PipelineRun, load_pipeline
 from flows.planning import Outcome, Scheduler
+from flows.pool_run import pool_process
 from flows.reporting import JobReporter
 from flows.runtime import get_backend, get_executor, get_inflight, get_outbox, get_registry
 from flows.workspace import pipeline_workspace_name, workspace
@@ -35,10 +35,6 @@ _OUTCOME_OF = {ExecutionStatus.SUCCESS: Outcome.SUCCESS, ExecutionStatus.CANCELE
 
 def pipeline_run_name(pipeline_execution_id: UUID | str) -> str:
     return f"pipeline [{str(pipeline_execution_id)[:8]}]"
-
-
-def _flow_run_name() -> str:
-    return pipeline_run_name(runtime_flow_run.parameters["pipeline_execution_id"])
 
 
 class PipelineDriver:
@@ -75,7 +71,8 @@ class PipelineDriver:
                 continue
             run = new_job_run(reporter.job, reporter, self.settings, workspace_volume=self.workspace_volume)
             self.runs[job_id] = run
-            future: PrefectFuture[Any] = job_task(run, self.settings, tags=job_tags(reporter.job)).submit(run)
+            # Untagged on purpose: see flows/job_flow.py (tag concurrency checks cost seconds per task start).
+            future: PrefectFuture[Any] = job_task(run, self.settings).submit(run)
             self.running[future.wrapped_future] = job_id  # type: ignore[attr-defined]
 
     def _finished(self, job_id: str, canceled_before_start: bool = False) -> None:
@@ -103,13 +100,19 @@ class PipelineDriver:
         return rows
 
 
-@flow(name="execute-pipeline", flow_run_name=_flow_run_name, persist_result=False, validate_parameters=False)
+# Named by callers when they create the run, like execute-job (see there).
+@flow(name="execute-pipeline", persist_result=False, validate_parameters=False)
 def execute_pipeline(pipeline_execution_id: str, pipeline: dict[str, Any] | None = None,
                      seed_directory: str | None = None) -> Any:
     """Run every job of a pipeline run; ``pipeline`` is the already fetched run (else it is fetched).
 
     ``seed_directory``: files the workspace starts with (local runs: the pipeline file's directory).
     """
+    with pool_process():  # a no-op unless a pool worker started this run
+        return _execute_pipeline(pipeline_execution_id, pipeline, seed_directory)
+
+
+def _execute_pipeline(pipeline_execution_id: str, pipeline: dict[str, Any] | None, seed_directory: str | None) -> Any:
     planned = PipelineRun.from_params(pipeline) if pipeline else load_pipeline(get_backend(),
                                                                                 UUID(pipeline_execution_id))
     volume_name = pipeline_workspace_name(str(planned.pipeline_execution_id))

@@ -15,6 +15,7 @@ from typing import Any
 from flows.job_log import JobLog
 from flows.log_shipping import LogShipper
 from flows.runtime import JobRecord
+from worker_api import metrics
 from worker_api.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate
 from worker_api.outbox import Outbox
 from worker_api.recovery import InflightJobs
@@ -53,6 +54,8 @@ class JobReporter:
     def running(self, attempt: int) -> None:
         """Report ``RUNNING`` for this attempt (a repeat for a retry carries the new attempt number)."""
         now = datetime.now(UTC)
+        if self.record.start_time is None:
+            metrics.QUEUE_WAIT.observe((now - self.record.accepted_at).total_seconds())
         self.record.status = ExecutionStatus.RUNNING
         self.record.attempts = attempt
         self.record.start_time = self.record.start_time or now
@@ -78,6 +81,10 @@ class JobReporter:
             completion_time=now, log_bytes=self.log.total_bytes, log_sha256=self.log.sha256,
         )
         self._send(update)
+        self._inflight.remove(self.job.id)  # the final status is durable now: nothing left to recover
+        metrics.JOBS.labels(status.value).inc()
+        if record.start_time is not None:
+            metrics.JOB_DURATION.observe((now - record.start_time).total_seconds())
 
     def _send(self, update: JobStatusUpdate) -> None:
         # Into the durable outbox: a hook never waits for the backend and an update is never lost.

@@ -13,7 +13,7 @@ fi
 
 [ "$(id -u)" = 0 ] || { echo "setup-chromium: must run as root to install chromium" >&2; exit 1; }
 
-install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+install() { DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
 echo "setup-chromium: installing chromium"
 if ! install; then

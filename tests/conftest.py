@@ -52,7 +52,7 @@ def docker_client() -> Iterator[docker.DockerClient]:
     client.images.get(TEST_IMAGE)  # built by scripts/setup-docker.sh
     yield client
     label = {"label": f"cicd.worker-id={WORKER_ID}"}
-    leftovers = client.containers.list(all=True, filters=label)
+    leftovers = client.containers.list(all=True, sparse=True, filters=label)
     for container in leftovers:
         container.remove(force=True)
     volumes = client.volumes.list(filters=label)

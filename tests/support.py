@@ -118,3 +118,9 @@ def statuses(record: dict[str, Any]) -> list[str]:
 
 def final_log(record: dict[str, Any]) -> str:
     return str(record["history"][-1].get("logs") or "")
+
+
+def containers(docker_client: Any, label: str, running: bool = False) -> list[Any]:
+    """Containers with ``label`` (``key=value``); sparse, so one removed while listing is no error."""
+    filters: dict[str, Any] = {"label": label, **({"status": "running"} if running else {})}
+    return list(docker_client.containers.list(all=not running, sparse=True, filters=filters))

@@ -11,18 +11,21 @@ from uuid import UUID
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
 from flows.planning import PlanningError
-from flows.runtime import get_executor, get_inflight, get_outbox, get_registry
+from flows.runtime import get_executor, get_inflight, get_outbox
+from worker_api import metrics
 from worker_api.backend_client import BackendRejected
 from worker_api.dispatch import FlowDispatcher
 from worker_api.health import health_report
 from worker_api.lifecycle import DRAIN
 from worker_api.limits import RETRY_AFTER_SECONDS, BodyTooLarge, QueueFull, RequestGuard
 from worker_api.models import ExecuteAccepted, JobExecutionDTO, JobView, PipelineExecuteRequest
+from worker_api.pool_dispatch import PoolDispatcher
 from worker_api.recovery import recover
 from worker_api.settings import get_settings
 
@@ -41,12 +44,12 @@ def require_token(credentials: Annotated[HTTPAuthorizationCredentials | None, De
                             headers={"WWW-Authenticate": "Bearer"})
 
 
-def _dispatcher(request: Request) -> FlowDispatcher:
+def _dispatcher(request: Request) -> FlowDispatcher | PoolDispatcher:
     return request.app.state.dispatcher
 
 
 Authorized = Depends(require_token)
-Dispatcher = Annotated[FlowDispatcher, Depends(_dispatcher)]
+Dispatcher = Annotated[FlowDispatcher | PoolDispatcher, Depends(_dispatcher)]
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -69,9 +72,19 @@ async def _body_too_large(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=413, content={"error": f"request body over {limit} bytes", "field": "body"})
 
 
-def _start_up() -> None:
-    """Send what a previous life left in the outbox, and report the jobs a crash cut off."""
+def _start_up(dispatcher: FlowDispatcher | PoolDispatcher) -> None:
+    """Send what a previous life left in the outbox, and report the jobs a crash cut off.
+
+    Pool dispatch runs no container here (and a pool worker on this host may share the labels): only the
+    outbox resumes, and the global concurrency limit is created or updated.
+    """
     outbox = get_outbox()
+    if isinstance(dispatcher, PoolDispatcher):
+        try:
+            dispatcher.prepare()
+        except Exception as exc:  # Prefect may not be up yet: retried before the first submission
+            log.error("could not create the global concurrency limit: %s", exc)
+        return
     try:
         count = recover(get_executor(), outbox, get_inflight(), get_settings().log_tail_bytes)
     except Exception as exc:  # the engine may be down: health says so, and the next start retries
@@ -81,13 +94,14 @@ def _start_up() -> None:
         log.warning("reported %d job(s) cut off by the previous worker life", count)
 
 
-def create_app(dispatcher: FlowDispatcher | None = None) -> FastAPI:
+def create_app(dispatcher: FlowDispatcher | PoolDispatcher | None = None) -> FastAPI:
     """The FastAPI application; the dispatcher is made at start-up unless one is given."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.dispatcher = dispatcher or FlowDispatcher()
-        await run_in_threadpool(_start_up)
+        app.state.dispatcher = dispatcher or (PoolDispatcher() if get_settings().dispatch == "pool"
+                                              else FlowDispatcher())
+        await run_in_threadpool(_start_up, app.state.dispatcher)
         yield
         app.state.dispatcher.shutdown(wait=False)
 
@@ -114,19 +128,18 @@ def _add_job_routes(app: FastAPI) -> None:
 
     @app.get("/api/job/{job_execution_id}", response_model=JobView, response_model_by_alias=True,
              dependencies=[Authorized])
-    async def job_view(job_execution_id: UUID) -> Any:
-        record = get_registry().get(job_execution_id)
-        if record is None:
+    async def job_view(job_execution_id: UUID, dispatcher: Dispatcher) -> Any:
+        view = await run_in_threadpool(dispatcher.job_view, job_execution_id)
+        if view is None:
             raise HTTPException(404, detail=f"job execution {job_execution_id} is not known to this worker")
-        return record.view()
+        return view
 
     @app.post("/api/job/{job_execution_id}/cancel", status_code=202, dependencies=[Authorized])
-    async def cancel_job(job_execution_id: UUID) -> dict[str, Any]:
-        record = get_registry().get(job_execution_id)
-        if record is None:
+    async def cancel_job(job_execution_id: UUID, dispatcher: Dispatcher) -> dict[str, Any]:
+        view = await run_in_threadpool(dispatcher.cancel_job, job_execution_id)
+        if view is None:
             raise HTTPException(404, detail=f"job execution {job_execution_id} is not known to this worker")
-        record.cancel.set()
-        return {"jobExecutionId": str(job_execution_id), "status": record.status.value, "cancelRequested": True}
+        return {"jobExecutionId": str(job_execution_id), "status": view.status.value, "cancelRequested": True}
 
 
 def _add_pipeline_routes(app: FastAPI) -> None:
@@ -152,6 +165,11 @@ def _add_worker_routes(app: FastAPI) -> None:
     @app.get("/api/worker/config", dependencies=[Authorized])
     async def worker_config() -> dict[str, Any]:
         return get_settings().public_view()
+
+    @app.get("/metrics", dependencies=[Authorized], response_class=PlainTextResponse)
+    async def prometheus_metrics() -> PlainTextResponse:
+        body = metrics.render(get_outbox().stats())
+        return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/worker/health")
     async def worker_health() -> JSONResponse:

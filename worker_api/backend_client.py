@@ -104,6 +104,20 @@ class BackendClient:
             raise
         return True
 
+    def post_json_text(self, path: str, body: str) -> None:
+        """POST an already serialised JSON body (the outbox stores payloads as text: no re-encoding)."""
+        self._request("POST", path, content=body.encode(), headers={"content-type": "application/json"})
+
+    def send_log_chunk_text(self, body: str) -> bool:
+        """``send_log_chunk`` for a chunk already serialised; False when the backend has no live logs."""
+        try:
+            self.post_json_text("/job/logs", body)
+        except BackendRejected as exc:
+            if exc.status_code in (404, 405):
+                return False
+            raise
+        return True
+
     def probe(self) -> None:
         """Raise unless the backend answers HTTP at all (any status); no retries."""
         try:

@@ -76,10 +76,12 @@ def serve(host: str | None, port: int | None) -> int:
 def execute_job(job_execution_id: str) -> int:
     with prefect_api():
         from flows.job_flow import execute_job as flow
+        from flows.job_flow import job_run_name
         from flows.runtime import get_backend, get_registry
 
         job = get_backend().get_job_execution(job_execution_id)
-        state: Any = flow(job.model_dump(mode="json", by_alias=True), return_state=True)
+        named = flow.with_options(flow_run_name=job_run_name(job))
+        state: Any = named(job.model_dump(mode="json", by_alias=True), return_state=True)
         flush_outbox()
         record = get_registry().get(job.id)
         status = record.status.value if record else state.name
@@ -90,12 +92,14 @@ def execute_job(job_execution_id: str) -> int:
 def execute_pipeline(pipeline_execution_id: str) -> int:
     with prefect_api():
         from flows.pipeline_flow import execute_pipeline as flow
+        from flows.pipeline_flow import pipeline_run_name
         from flows.planning import PlanningError
         from worker_api.progress import PipelineProgress
 
         with PipelineProgress(pipeline_execution_id):
             try:
-                state: Any = flow(pipeline_execution_id, return_state=True)
+                named = flow.with_options(flow_run_name=pipeline_run_name(pipeline_execution_id))
+                state: Any = named(pipeline_execution_id, return_state=True)
             except PlanningError as exc:
                 print(f"pipeline refused (every job reported FAILED):\n{exc}", file=sys.stderr)
                 return 2
@@ -119,10 +123,17 @@ def _parser() -> argparse.ArgumentParser:
     run_cmd.add_argument("--dry-run", action="store_true", help="print the plan, level by level; run nothing")
     check_cmd = commands.add_parser("check", help="validate a pipeline file (exit 2 when invalid)")
     check_cmd.add_argument("file", type=Path)
+    commands.add_parser("deploy", help="create the work pool, the global limit and the deployments (pool mode)",
+                        add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "deploy":  # its own options: see `cicd-worker deploy --help`
+        from worker_api import deploy
+
+        return deploy.main(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns what matters

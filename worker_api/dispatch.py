@@ -17,6 +17,7 @@ from uuid import UUID
 
 from prefect import Flow
 from prefect.client.schemas.objects import FlowRun
+from prefect.context import SyncClientContext
 from prefect.flow_engine import run_flow
 
 from flows.job_flow import execute_job, job_run_name, job_tags
@@ -25,7 +26,7 @@ from flows.pipeline_plan import load_pipeline
 from flows.runtime import JobRecord, get_backend, get_registry
 from worker_api.flow_runs import FlowRunFactory
 from worker_api.limits import QueueFull
-from worker_api.models import ExecutionStatus, JobExecutionDTO
+from worker_api.models import ExecutionStatus, JobExecutionDTO, JobView
 from worker_api.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class PipelineRecord:
     dispatched: threading.Event = field(default_factory=threading.Event)
 
 
-def _room_for(jobs: int) -> Callable[[int], None]:
+def room_for(jobs: int) -> Callable[[int], None]:
     """A check that refuses (QueueFull) when ``jobs`` more would pass ``WORKER_MAX_QUEUED_JOBS``."""
     limit = get_settings().max_queued_jobs
 
@@ -53,11 +54,21 @@ def _room_for(jobs: int) -> Callable[[int], None]:
     return check
 
 
+def _enter_client_context() -> None:
+    """One Prefect client per flow thread for the thread's life (entered, never exited).
+
+    The flow and task engines use the thread's SyncClientContext when there is one; without it each flow
+    run builds a client: an SSL context from certifi's bundle (20-80 ms) and a CSRF probe.
+    """
+    SyncClientContext().__enter__()
+
+
 class FlowDispatcher:
     """Starts flow runs for accepted jobs and pipelines; idempotent per execution id."""
 
     def __init__(self, max_flows: int = 256) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=max_flows, thread_name_prefix="flow")
+        self._pool = ThreadPoolExecutor(max_workers=max_flows, thread_name_prefix="flow",
+                                        initializer=_enter_client_context)
         self._pipelines: dict[UUID, PipelineRecord] = {}
         self._flow_runs = FlowRunFactory()
         self._lock = threading.Lock()
@@ -76,7 +87,7 @@ class FlowDispatcher:
             return known, False
         try:
             planned = load_pipeline(get_backend(), pipeline_execution_id)
-            _room_for(len(planned.jobs))(get_registry().unfinished())
+            room_for(len(planned.jobs))(get_registry().unfinished())
             params = {"pipeline_execution_id": str(pipeline_execution_id), "pipeline": planned.to_params()}
             flow_run = self._flow_runs.create(execute_pipeline, params, pipeline_run_name(pipeline_execution_id),
                                               ["cicd-pipeline", f"pipeline:{pipeline_execution_id}"])
@@ -96,7 +107,7 @@ class FlowDispatcher:
         """
         registry = get_registry()
         registry.prune()
-        record, created = registry.claim(job.id, job.job.name, job.pipeline_execution_id, room=_room_for(1))
+        record, created = registry.claim(job.id, job.job.name, job.pipeline_execution_id, room=room_for(1))
         if not created:
             record.dispatched.wait(_DISPATCH_WAIT_SECONDS)
             return record, False
@@ -120,6 +131,21 @@ class FlowDispatcher:
             if record is not None and not record.status.is_final:
                 record.status = ExecutionStatus.FAILED
                 record.message = f"flow run crashed: {exc}"
+
+    @staticmethod
+    def job_view(job_execution_id: UUID) -> JobView | None:
+        """What this process knows of the job; None for a job it does not know."""
+        record = get_registry().get(job_execution_id)
+        return record.view() if record else None
+
+    @staticmethod
+    def cancel_job(job_execution_id: UUID) -> JobView | None:
+        """Set the job's cancel switch (the executor stops its container); None for an unknown job."""
+        record = get_registry().get(job_execution_id)
+        if record is None:
+            return None
+        record.cancel.set()
+        return record.view()
 
     def shutdown(self, wait: bool = False) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=True)

@@ -86,7 +86,8 @@ def _execute(pipeline: PipelineFile, pipeline_id: str, run_dir: Path) -> Any:
     stages = {job.name: job.stage for job in pipeline.jobs}
     print(f"running pipeline {pipeline.name!r} ({len(pipeline.jobs)} jobs); output in {run_dir}", flush=True)
     with PipelineProgress(pipeline_id, stages):
-        return execute_pipeline(pipeline_id, seed_directory=str(pipeline.path.resolve().parent), return_state=True)
+        named = execute_pipeline.with_options(flow_run_name=f"{pipeline.name} [{pipeline_id[:8]}]")
+        return named(pipeline_id, seed_directory=str(pipeline.path.resolve().parent), return_state=True)
 
 
 def _save_artifacts(data_dir: Path, jobs: dict[str, str], target: Path) -> int:

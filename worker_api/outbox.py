@@ -50,9 +50,13 @@ class Item:
     id: int
     job_execution_id: str
     kind: str
-    payload: dict[str, Any]
+    payload_text: str  # JSON, sent as stored: a 64 KiB log chunk is not parsed and encoded again
     attempts: int
     next_attempt_at: float
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return dict(json.loads(self.payload_text))
 
 
 class Outbox:
@@ -175,7 +179,7 @@ class Outbox:
         with self._lock:
             row = self._db.execute("SELECT id, job_execution_id, kind, payload, attempts, next_attempt_at FROM items "
                                    "WHERE state='pending' ORDER BY id LIMIT 1").fetchone()
-        return Item(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5]) if row else None
+        return Item(row[0], row[1], row[2], row[3], row[4], row[5]) if row else None
 
     def _deliver(self, item: Item) -> None:
         try:
@@ -189,9 +193,9 @@ class Outbox:
 
     def _send(self, item: Item) -> None:
         if item.kind == "status":
-            self._backend.update_job_status(JobStatusUpdate.model_validate(item.payload))
+            self._backend.post_json_text("/job/status", item.payload_text)
         elif item.kind == "chunk":
-            if not self._backend.send_log_chunk(LogChunk.model_validate(item.payload)):
+            if not self._backend.send_log_chunk_text(item.payload_text):
                 log.info("backend has no live-log endpoint: logs go in the final status only")
                 self.live_logs = False
         elif item.kind == "artifact":

@@ -31,7 +31,9 @@ class LocalPrefectServer:
         """Start the server (or reuse one already healthy at that address) and wait for its health."""
         if self._healthy():
             return
-        env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true"}
+        # PREFECT_UI_API_URL: without it the UI asks :4200 for its data, whatever port the server is on.
+        env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true",
+               "PREFECT_UI_API_URL": self.api_url}
         env.pop("PREFECT_API_URL", None)
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         prefect = Path(sys.executable).with_name("prefect")

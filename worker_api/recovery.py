@@ -56,10 +56,15 @@ class InflightJobs:
             return list(self._db.execute("SELECT job_execution_id, flow_run_id, name FROM inflight"))
 
 
-def recover(executor: DockerExecutor, outbox: Outbox, inflight: InflightJobs, tail_bytes: int) -> int:
-    """Report and clean up what a previous life of this worker left; returns the number of jobs reported."""
+def recover(executor: DockerExecutor, outbox: Outbox, inflight: InflightJobs, tail_bytes: int,
+            sweep: bool = True) -> int:
+    """Report and clean up what a previous life of this worker left; returns the number of jobs reported.
+
+    ``sweep=False`` (a pool flow process, beside others on the same engine): only the jobs of this
+    in-flight list; other labelled containers and volumes are left alone.
+    """
     containers = {c.labels.get(LABEL_JOB): c for c in executor.client.containers.list(
-        all=True, filters={"label": f"{LABEL_WORKER}={executor.worker_id}"})}
+        all=True, filters={"label": f"{LABEL_WORKER}={executor.worker_id}"}, ignore_removed=True)}
     reported = 0
     for job_execution_id, flow_run_id, name in inflight.all():
         container = containers.pop(job_execution_id, None)
@@ -75,6 +80,8 @@ def recover(executor: DockerExecutor, outbox: Outbox, inflight: InflightJobs, ta
             container.remove(force=True)
         inflight.remove(UUID(job_execution_id))
         reported += 1
+    if not sweep:
+        return reported
     for container in containers.values():  # labelled but unknown: nothing to report, just remove
         container.remove(force=True)
     for volume in executor.client.volumes.list(filters={"label": f"{LABEL_WORKER}={executor.worker_id}"}):

@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     port: int = 8081
     api_token: SecretStr | None = Field(default=None, description="bearer token required by the worker API")
     max_concurrent_jobs: int = Field(default=4, ge=1, description="containers at once, whole process")
+    dispatch: Literal["local", "pool"] = Field(
+        default="local", description="local: flows run in this process; pool: submitted to the Prefect work pool")
+    work_pool: str = Field(default="cicd-pool", description="Prefect work pool of the deployments (pool dispatch)")
+    deployment_name: str = Field(default="cicd", description="deployments: execute-job/<this>, execute-pipeline/<this>")
+    concurrency_limit_name: str = Field(
+        default="cicd-containers", description="Prefect global concurrency limit: containers at once, all pool workers")
     max_retries: int = Field(default=2, ge=0, description="retries of infrastructure failures per job")
     retry_delay_seconds: float = Field(default=5.0, ge=0)
     pull_policy: PullPolicy = "if-not-present"

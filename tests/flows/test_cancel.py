@@ -8,12 +8,11 @@ import time
 import httpx
 
 from tests.flows.test_pipeline_flow import flow_run_state
-from tests.support import Backend, WorkerProcess, final_log, statuses, wait_for
+from tests.support import Backend, WorkerProcess, containers, final_log, statuses, wait_for
 
 
 def _running_container(docker_client, job_id: str) -> bool:
-    return bool(docker_client.containers.list(filters={"label": f"cicd.job-execution-id={job_id}",
-                                                       "status": "running"}))
+    return bool(containers(docker_client, f"cicd.job-execution-id={job_id}", running=True))
 
 
 def _start_long_job(backend: Backend, worker: WorkerProcess, docker_client) -> str:
@@ -28,7 +27,7 @@ def _assert_canceled_quickly(backend: Backend, docker_client, job_id: str, start
     assert time.monotonic() - started < 10, "cancel took too long"
     assert statuses(record) == ["RUNNING", "CANCELED"]
     assert "started" in final_log(record)
-    wait_for(lambda: not docker_client.containers.list(all=True, filters={"label": f"cicd.job-execution-id={job_id}"}),
+    wait_for(lambda: not containers(docker_client, f"cicd.job-execution-id={job_id}"),
              15, 0.1, "the container removed")
     return record
 

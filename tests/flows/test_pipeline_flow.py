@@ -9,7 +9,7 @@ import docker
 import httpx
 
 from tests.conftest import WORKER_ID
-from tests.support import FINAL, Backend, WorkerProcess, final_log, statuses, wait_for
+from tests.support import FINAL, Backend, WorkerProcess, containers, final_log, statuses, wait_for
 
 # busybox has no nanosecond `date`; the kernel's uptime is shared by all containers and has 10 ms steps.
 STAMP = "echo {tag} $(cut -d' ' -f1 /proc/uptime)"
@@ -102,7 +102,7 @@ def test_stage_order_without_dependencies(backend: Backend, worker: WorkerProces
 
 
 def _refused(backend: Backend, worker: WorkerProcess, jobs: list[dict], docker_client) -> dict:
-    before = len(docker_client.containers.list(all=True, filters={"label": f"cicd.worker-id={WORKER_ID}"}))
+    before = len(containers(docker_client, f"cicd.worker-id={WORKER_ID}"))
     run = backend.create_run(jobs)
     answer = httpx.post(f"{worker.url}/api/pipeline/execute",
                         json={"pipelineExecutionId": run["pipelineExecutionId"]}, timeout=60)
@@ -111,7 +111,7 @@ def _refused(backend: Backend, worker: WorkerProcess, jobs: list[dict], docker_c
         record = backend.job(job_id)
         assert statuses(record) == ["FAILED"], record
         assert "pipeline refused" in final_log(record)
-    assert len(docker_client.containers.list(all=True, filters={"label": f"cicd.worker-id={WORKER_ID}"})) == before
+    assert len(containers(docker_client, f"cicd.worker-id={WORKER_ID}")) == before
     return answer.json()
 
 
@@ -154,8 +154,7 @@ def test_concurrency_limit_holds_across_two_pipelines(backend: Backend, make_wor
     peak = 0
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        running = docker_client.containers.list(filters={"label": f"cicd.worker-id={WORKER_ID}",
-                                                         "status": "running"})
+        running = containers(docker_client, f"cicd.worker-id={WORKER_ID}", running=True)
         peak = max(peak, len(running))
         if all(backend.job(job_id)["status"] in FINAL for job_id in job_ids):
             break

@@ -13,7 +13,7 @@ import pytest
 
 from tests.flows.test_live_logs import assert_chunks_complete
 from tests.flows.test_pipeline_flow import flow_run_state
-from tests.support import REPO, Backend, final_log, wait_for
+from tests.support import REPO, Backend, containers, final_log, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +72,7 @@ def test_killed_worker_reports_cut_off_job_after_restart(backend: Backend, make_
     job_id = backend.create_run([{"name": "victim", "script": script}])["jobs"]["victim"]
     backend.push_job(job_id, first.url)
     label = {"label": f"cicd.job-execution-id={job_id}"}
-    wait_for(lambda: docker_client.containers.list(filters={**label, "status": "running"}), 30, 0.1, "container")
+    wait_for(lambda: containers(docker_client, label["label"], running=True), 30, 0.1, "container")
     wait_for(lambda: backend.job(job_id)["logChunks"], 30, 0.1, "first live chunk")
     flow_run_id = httpx.get(f"{first.url}/api/job/{job_id}").json()["flowRunId"]
     # The backend goes away, so that what the worker says next stays undelivered in its outbox.
@@ -92,7 +92,7 @@ def test_killed_worker_reports_cut_off_job_after_restart(backend: Backend, make_
     assert "before-kill" in log and "tick" in log and "worker restarted while the job was running" in log
     chunks = record["logChunks"]
     assert len(chunks) >= 2 and [c["seq"] for c in chunks] == list(range(len(chunks)))  # undelivered ones arrived
-    assert not docker_client.containers.list(all=True, filters=label)
+    assert not containers(docker_client, label["label"])
     assert flow_run_state(flow_run_id) == "CRASHED"
     assert httpx.get(f"{second.url}/api/worker/health").status_code == 200
 
@@ -112,11 +112,11 @@ def test_engine_restart_fails_the_attempt_and_the_retry_succeeds(backend: Backen
         "jobs"]["survivor"]
     backend.push_job(job_id, worker.url)
     label = {"label": f"cicd.job-execution-id={job_id}"}
-    wait_for(lambda: docker_client.containers.list(filters={**label, "status": "running"}), 30, 0.1, "container")
+    wait_for(lambda: containers(docker_client, label["label"], running=True), 30, 0.1, "container")
     _restart_engine()
     record = backend.wait_final(job_id, 120)
     assert squashed(record)[-1] == "SUCCESS", final_log(record)
     assert record["history"][-1]["attempt"] >= 2
     assert "infrastructure failure" in final_log(record) and "finished" in final_log(record)
     wait_for(lambda: httpx.get(f"{worker.url}/api/worker/health").status_code == 200, 30, 0.5, "health back")
-    wait_for(lambda: not docker_client.containers.list(all=True, filters=label), 30, 0.5, "containers removed")
+    wait_for(lambda: not containers(docker_client, label["label"]), 30, 0.5, "containers removed")

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.support import FINAL, Backend, statuses, wait_for
+from tests.support import FINAL, Backend, containers, statuses, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def test_sigterm_cancels_jobs_still_running_after_the_grace_period(backend: Back
     worker.process.send_signal(signal.SIGTERM)
     assert worker.process.wait(60) == 0
     assert statuses(backend.job(job_id)) == ["RUNNING", "CANCELED"]  # delivered before the process exited
-    assert not docker_client.containers.list(all=True, filters={"label": f"cicd.job-execution-id={job_id}"})
+    assert not containers(docker_client, f"cicd.job-execution-id={job_id}")
 
 
 def test_burst_of_300_executes_is_accepted_or_429_and_each_accepted_runs_once(backend: Backend, make_worker) -> None:

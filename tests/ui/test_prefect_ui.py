@@ -8,6 +8,7 @@ kept as ``test-artifacts/prefect-ui-flow-run.png`` (taken even when the test fai
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -17,7 +18,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import pytest
@@ -35,8 +35,9 @@ SCREENSHOT = ARTIFACT_DIR / "prefect-ui-flow-run.png"
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio", "--window-size=1440,1100",
+    "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio",
 ]
+VIEWPORT = {"width": 1440, "height": 1100, "deviceScaleFactor": 1, "mobile": False}
 FINAL_FLOW_STATES = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 JOBS = [
     {"name": "ui-checkout", "script": ["echo checkout"]},
@@ -44,11 +45,16 @@ JOBS = [
     {"name": "ui-lint", "script": ["echo lint"], "needs": ["ui-checkout"]},
     {"name": "ui-package", "script": ["echo package"], "needs": ["ui-unit-tests", "ui-lint"]},
 ]
-# Every link to a task run page on the flow run page, as [task run id, link text].
-TASK_RUN_LINKS_JS = """
-Array.from(document.querySelectorAll('a[href*="/runs/task-run/"]')).map(
-    a => [a.getAttribute('href').split('/runs/task-run/')[1].split(/[?#]/)[0], a.innerText.trim()])
-"""
+# Opens the flow run page's "Task Runs" tab as a person would, by a click (the tab appears only once the UI has
+# loaded a final flow run, and a `?tab=` given before that falls back to "Logs"); then returns every link to a
+# task run page there, as [task run id, link text].
+TASK_RUN_LINKS_JS = """(() => {
+    const tab = Array.from(document.querySelectorAll('[role=tablist] .p-tab'))
+        .find(t => t.innerText.trim() === 'Task Runs');
+    if (tab && !tab.classList.contains('p-tab__active')) tab.click();
+    return Array.from(document.querySelectorAll('a[href*="/runs/task-run/"]')).map(
+        a => [a.getAttribute('href').split('/runs/task-run/')[1].split(/[?#]/)[0], a.innerText.trim()]);
+})()"""
 
 
 def api_url() -> str:
@@ -63,11 +69,14 @@ def ui_url() -> str:
 def chromium() -> Path:
     """/usr/bin/chromium, installed by scripts/setup-chromium.sh when missing; skip only if that fails."""
     if not CHROMIUM.exists():
-        setup = subprocess.run(["bash", str(REPO / "scripts" / "setup-chromium.sh")], capture_output=True,
-                               text=True, timeout=280, stdin=subprocess.DEVNULL)
+        try:
+            setup = subprocess.run(["bash", str(REPO / "scripts" / "setup-chromium.sh")], capture_output=True,
+                                   text=True, timeout=240, stdin=subprocess.DEVNULL)
+            outcome = f"exit {setup.returncode}: {(setup.stderr or setup.stdout).strip()[-500:]}"
+        except subprocess.TimeoutExpired:
+            outcome = "still installing after 240 s"
         if not CHROMIUM.exists():
-            pytest.skip(f"{CHROMIUM} is absent and scripts/setup-chromium.sh could not install it "
-                        f"(exit {setup.returncode}): {(setup.stderr or setup.stdout).strip()[-500:]}")
+            pytest.skip(f"{CHROMIUM} is absent and scripts/setup-chromium.sh could not install it ({outcome})")
     return CHROMIUM
 
 
@@ -95,10 +104,23 @@ class DevToolsPage:
             raise AssertionError(f"page script failed: {result['exceptionDetails']}")
         return result["result"].get("value")
 
+    def capture(self) -> bytes:
+        return base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"])
+
     def screenshot(self, path: Path) -> None:
-        data = self.send("Page.captureScreenshot", format="png")["data"]
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(data))
+        path.write_bytes(self.capture())
+
+    def settle(self, timeout: float = 10.0) -> None:
+        """Wait until two captures half a second apart are the same picture (animations done), at most timeout."""
+        last: list[bytes] = [self.capture()]
+
+        def still() -> bool:
+            last.append(self.capture())
+            return last[-1] == last[-2]
+
+        with contextlib.suppress(AssertionError):  # a page still moving after timeout is shown as it is then
+            wait_for(still, timeout, 0.5, "a still page")
 
 
 @pytest.fixture()
@@ -128,7 +150,9 @@ def browser_page(chromium: Path, tmp_path: Path) -> Iterator[DevToolsPage]:
 
         ws_url = wait_for(page_target, 15, 0.1, "chromium's page target")
         with connect(ws_url, max_size=None, proxy=None, open_timeout=15) as ws:
-            yield DevToolsPage(ws)
+            page = DevToolsPage(ws)
+            page.send("Emulation.setDeviceMetricsOverride", **VIEWPORT)
+            yield page
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
@@ -139,8 +163,20 @@ def browser_page(chromium: Path, tmp_path: Path) -> Iterator[DevToolsPage]:
                 process.wait(5)
 
 
-def finished_pipeline(backend: Backend, worker: WorkerProcess) -> tuple[str, dict[str, str]]:
-    """Run JOBS as one pipeline to the end; the flow run id and its task runs as {name: id}, from the API."""
+def assert_ui_talks_to_this_server() -> None:
+    """The UI loads its data from the API named by ``/ui-settings``; it must be this session's server.
+
+    ``prefect server start --port N`` does not change that URL: without ``PREFECT_UI_API_URL`` in the server's
+    environment the UI asks ``127.0.0.1:4200`` (whatever server runs there, or nothing) and shows a 404 page.
+    """
+    settings = httpx.get(f"{ui_url()}/ui-settings", timeout=10).json()
+    assert settings["api_url"].rstrip("/") == api_url(), (
+        f"the Prefect UI at {ui_url()} loads its data from {settings['api_url']}, not from {api_url()}: "
+        "start the server with PREFECT_UI_API_URL set to its API URL (worker_api/prefect_server.py)")
+
+
+def finished_pipeline(backend: Backend, worker: WorkerProcess) -> tuple[dict[str, Any], dict[str, str]]:
+    """Run JOBS as one pipeline to the end; its flow run and task runs ({name: id}), from the Prefect API."""
     run = backend.create_run(JOBS, name="ui-pipeline")
     answer = httpx.post(f"{worker.url}/api/pipeline/execute",
                         json={"pipelineExecutionId": run["pipelineExecutionId"]}, timeout=60)
@@ -149,22 +185,24 @@ def finished_pipeline(backend: Backend, worker: WorkerProcess) -> tuple[str, dic
     for job_id in run["jobs"].values():
         assert backend.wait_final(job_id, 40)["status"] == "SUCCESS"
 
-    def final_flow_state() -> str | None:
-        state = httpx.get(f"{api_url()}/flow_runs/{flow_run_id}", timeout=10).json()["state"]["type"]
-        return state if state in FINAL_FLOW_STATES else None
+    def final_flow_run() -> dict[str, Any] | None:
+        flow_run = httpx.get(f"{api_url()}/flow_runs/{flow_run_id}", timeout=10).json()
+        return flow_run if flow_run["state"]["type"] in FINAL_FLOW_STATES else None
 
-    assert wait_for(final_flow_state, 20, 0.2, f"final state of flow run {flow_run_id}") == "COMPLETED"
+    flow_run = wait_for(final_flow_run, 20, 0.2, f"final state of flow run {flow_run_id}")
+    assert flow_run["state"]["type"] == "COMPLETED", flow_run["state"]
     task_runs = httpx.post(f"{api_url()}/task_runs/filter", timeout=10,
                            json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).json()
     by_name = {task_run["name"]: task_run["id"] for task_run in task_runs}
     assert set(by_name) == {job["name"] for job in JOBS}, by_name
-    return flow_run_id, by_name
+    return flow_run, by_name
 
 
 def test_flow_run_page_shows_every_job_task_run(backend: Backend, worker: WorkerProcess,
                                                 browser_page: DevToolsPage) -> None:
-    flow_run_id, task_runs = finished_pipeline(backend, worker)
-    url = f"{ui_url()}/runs/flow-run/{flow_run_id}?tab={quote('Task Runs')}"
+    assert_ui_talks_to_this_server()
+    flow_run, task_runs = finished_pipeline(backend, worker)
+    url = f"{ui_url()}/runs/flow-run/{flow_run['id']}"
     expected = {task_run_id: name for name, task_run_id in task_runs.items()}
     shown: dict[str, str] = {}
 
@@ -176,8 +214,8 @@ def test_flow_run_page_shows_every_job_task_run(backend: Backend, worker: Worker
     browser_page.send("Page.navigate", url=url)
     try:
         wait_for(all_task_runs_shown, 45, 0.25, f"every job's task run name on {url} (expected {expected})")
-        time.sleep(1)  # let the run graph finish drawing before the screenshot
+        browser_page.settle()  # the run graph is a canvas that zooms in: let it finish before the screenshot
     finally:
         browser_page.screenshot(SCREENSHOT)
-    title = browser_page.evaluate("document.body.innerText")
-    assert f"pipeline [" in title, f"flow run page without the pipeline run name: {title[:500]!r}"
+    page_text = browser_page.evaluate("document.body.innerText")
+    assert flow_run["name"] in page_text, f"no flow run name {flow_run['name']!r} on the page: {page_text[:500]!r}"

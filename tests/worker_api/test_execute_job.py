@@ -7,7 +7,7 @@ import uuid
 
 import httpx
 
-from tests.support import Backend, WorkerProcess, final_log, statuses
+from tests.support import Backend, WorkerProcess, containers, final_log, statuses
 
 
 def run_one(backend: Backend, worker: WorkerProcess, timeout: float = 60.0, **job: object) -> dict:
@@ -64,7 +64,7 @@ def test_timeout_stops_the_container(backend: Backend, worker: WorkerProcess, do
     assert statuses(record) == ["RUNNING", "FAILED"]
     assert "timed out after 2 s" in final_log(record)
     job_id = record["id"]
-    assert not docker_client.containers.list(all=True, filters={"label": f"cicd.job-execution-id={job_id}"})
+    assert not containers(docker_client, f"cicd.job-execution-id={job_id}")
 
 
 def test_same_execute_twice_runs_once(backend: Backend, worker: WorkerProcess) -> None:

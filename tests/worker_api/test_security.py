@@ -10,14 +10,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import TEST_IMAGE, Backend, WorkerProcess, wait_for
+from tests.support import TEST_IMAGE, Backend, WorkerProcess, containers, wait_for
 
 
 def test_job_containers_are_hardened(backend: Backend, worker: WorkerProcess, docker_client) -> None:
     job_id = backend.create_run([{"name": "inspect-me", "script": ["sleep 30"]}])["jobs"]["inspect-me"]
     backend.push_job(job_id, worker.url)
     label = {"label": f"cicd.job-execution-id={job_id}"}
-    container = wait_for(lambda: next(iter(docker_client.containers.list(filters=label)), None), 30, 0.1, "container")
+    found = wait_for(lambda: containers(docker_client, label["label"], running=True), 30, 0.1, "container")
+    container = docker_client.containers.get(found[0].id)
     host = container.attrs["HostConfig"]
     try:
         assert host["Privileged"] is False

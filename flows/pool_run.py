@@ -1,0 +1,132 @@
+"""Flow runs that a ``prefect worker`` started from a deployment (scale-out, ``WORKER_DISPATCH=pool``).
+
+Such a run has a process of its own (``python -m prefect.engine``, spawned by the worker with the
+worker's environment), so four things differ from a run in the API's process. :func:`pool_process`
+does them; it is a no-op for a run that did not come from a deployment.
+
+1. **State slot.** Several flow processes run at once on one host; each takes a numbered slot under
+   ``WORKER_STATE_DIR/pool-slots`` (an ``flock``, released by the kernel when the process dies) and keeps
+   its outbox and in-flight list there, so no two senders share one outbox. Taking a slot first delivers
+   what a dead predecessor in that slot left, and reports the jobs it cut off (``FAILED``).
+2. **Container limit across hosts**: see :mod:`flows.global_limit`.
+3. **SIGTERM means cancel.** The worker cancels a run by SIGTERM to its process (NOTES §4), which
+   Prefect turns into an exception wherever the main thread is, leaving containers and statuses
+   behind. Here it sets the cancel switch of every job instead: containers are stopped, jobs are
+   reported ``CANCELED``, and the process exits well inside the worker's 30 s grace.
+4. **Nothing left unsent.** The outbox is flushed before the process exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from prefect.context import FlowRunContext
+
+from flows import runtime
+from worker_api.recovery import recover
+from worker_api.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+LABEL_PREFECT_WORKER = "cicd.prefect-worker"
+_SIGTERM_FLUSH_SECONDS = 10.0  # the worker kills the process 30 s after its SIGTERM
+_in_pool_process = threading.Event()
+_slot_lock: IO[bytes] | None = None
+
+
+def in_pool_process() -> bool:
+    """Whether this process runs a flow run started by a pool worker (set by :func:`pool_process`)."""
+    return _in_pool_process.is_set()
+
+
+def pool_labels() -> dict[str, str]:
+    """Container labels naming the Prefect worker that started this process (empty outside the pool)."""
+    name = os.environ.get("PREFECT__WORKER_NAME")
+    return {LABEL_PREFECT_WORKER: name} if in_pool_process() and name else {}
+
+
+def _from_deployment() -> bool:
+    context = FlowRunContext.get()
+    return bool(context and context.flow_run and context.flow_run.deployment_id)
+
+
+@contextlib.contextmanager
+def pool_process() -> Iterator[None]:
+    """Wrap a flow body: steps 1, 3 and 4 of the module docstring when the run came from a deployment."""
+    if not _from_deployment():
+        yield
+        return
+    _in_pool_process.set()
+    slot = _take_slot(get_settings().state_dir)
+    os.environ["WORKER_STATE_DIR"] = str(slot)
+    runtime.reset()  # settings, outbox and in-flight list now live in the slot
+    _recover_slot()
+    canceled = threading.Event()
+    try:
+        with _sigterm_cancels(canceled):
+            yield
+    finally:
+        timeout = _SIGTERM_FLUSH_SECONDS if canceled.is_set() else get_settings().shutdown_flush_seconds
+        if not runtime.get_outbox().flush(timeout=timeout):
+            log.error("undelivered updates left in %s: sent by the next flow run in this slot", slot)
+
+
+def _take_slot(base: Path) -> Path:
+    """Lock the lowest free slot directory under ``base/pool-slots``; held until the process exits."""
+    global _slot_lock
+    slots = base / "pool-slots"
+    slots.mkdir(parents=True, exist_ok=True)
+    number = 0
+    while True:
+        handle = open(slots / f"{number}.lock", "ab")  # noqa: SIM115 - held for the life of the process
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            number += 1
+            continue
+        _slot_lock = handle
+        return slots / str(number)
+
+
+def _recover_slot() -> None:
+    """Send what the slot's previous process left and report the jobs it cut off (only this slot's)."""
+    settings, outbox, inflight = get_settings(), runtime.get_outbox(), runtime.get_inflight()  # sender starts
+    if not inflight.all():  # the usual case; listing containers would race the other flow processes' removals
+        return
+    try:
+        count = recover(runtime.get_executor(), outbox, inflight, settings.log_tail_bytes, sweep=False)
+    except Exception as exc:  # the engine may be down: the job itself will say so
+        log.error("recovery of slot %s failed: %s", settings.state_dir, exc)
+        return
+    if count:
+        log.warning("reported %d job(s) cut off by the previous flow process in this slot", count)
+
+
+@contextlib.contextmanager
+def _sigterm_cancels(canceled: threading.Event) -> Iterator[None]:
+    """While the block runs, SIGTERM sets every job's cancel switch instead of raising (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def cancel_all(signum: int, frame: FrameType | None) -> None:
+        log.warning("SIGTERM (flow run canceled or worker stopping): canceling this run's jobs")
+        canceled.set()
+        for record in runtime.get_registry().all():
+            record.cancel.set()
+
+    previous: Any = signal.signal(signal.SIGTERM, cancel_all)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
