@@ -222,15 +222,30 @@ def daemon_cpu_seconds() -> float:
     return total
 
 
+def dockerd_pid() -> int:
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "dockerd":
+                return int(entry.name)
+    return 0
+
+
+ENGINE = "_engine"  # not CPU: dockerd's pid in a snapshot, 1.0 in a delta when the engine was restarted meanwhile
+HOST = "host busy (all processes)"
+DAEMON = "dockerd + containerd"
+
+
 def cpu_snapshot(setup: Setup) -> dict[str, float]:
     own = os.times()
-    return {**cpu_of(setup), "dockerd + containerd": daemon_cpu_seconds(),
+    return {**cpu_of(setup), DAEMON: daemon_cpu_seconds(),
             "docker CLIs (children of the bench)": own.children_user + own.children_system,
-            "bench (this process)": own.user + own.system, "host busy (all processes)": host_busy_seconds()}
+            "bench (this process)": own.user + own.system, HOST: host_busy_seconds(), ENGINE: float(dockerd_pid())}
 
 
 def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {key: after[key] - before[key] for key in after}
+    delta = {key: after[key] - before[key] for key in after}
+    delta[ENGINE] = float(before[ENGINE] != after[ENGINE] or not after[ENGINE])
+    return delta
 
 
 # -- set-up --------------------------------------------------------------------------------------------------------
@@ -252,7 +267,9 @@ def environment(args: argparse.Namespace) -> Iterator[Setup]:
         prefect_sid = None
         if not api_url:
             env["PREFECT_HOME"] = str(workdir / "prefect-home")
-            os.environ.update(PREFECT_HOME=env["PREFECT_HOME"], PREFECT_SERVER_ANALYTICS_ENABLED="false")
+            # the server logs each request it answers 503 (a retryable database error): counted in the report
+            os.environ.update(PREFECT_HOME=env["PREFECT_HOME"], PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                              PREFECT_SERVER_LOG_RETRYABLE_ERRORS="true")
             server = LocalPrefectServer(port=free_port(), log_path=workdir / "prefect-server.log")
             stack.callback(server.stop)
             print(f"starting a Prefect server on port {server.port} ...", flush=True)
@@ -307,6 +324,7 @@ class JobSample:
     seen_s: float  # POST -> final status first seen by polling (or given up)
     finished: bool = True  # False: no final status within the job timeout, or the POST failed
     error: str | None = None  # the POST's failure, if it failed
+    reposted: bool = False  # the POST was sent twice (the first connection failed at once)
     history: list[dict[str, Any]] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
 
@@ -329,18 +347,11 @@ def post_and_wait(setup: Setup, db: BackendDB, job_id: str, dto: dict[str, Any],
     """POST one job and wait for its final status; a job without one after ``timeout`` s is given up on (it is
     reported, and fails the verdict) so that one lost job does not end the soak."""
     sent, start = time.time(), time.perf_counter()
-    error: str | None = None
-    try:
-        answer = setup.worker.post("/api/job/execute", json=dto, timeout=timeout)
-    except httpx.HTTPError as exc:
-        error = f"POST /api/job/execute failed after {time.perf_counter() - start:.1f} s: {exc!r}"
-    else:
-        if answer.status_code != 202:
-            error = f"worker answered {answer.status_code}: {answer.text[:300]}"
+    answer, error, reposted = post_job(setup, dto, timeout)
     ack = time.perf_counter() - start
-    if error is not None:
+    if answer is None or error is not None:
         print(f"  job {job_id}: {error}; going on", flush=True)
-        return JobSample(job_id, "", sent, ack, ack, finished=False, error=error)
+        return JobSample(job_id, "", sent, ack, ack, finished=False, error=error, reposted=reposted)
     flow_run_id = answer.json()["flowRunId"]
     deadline = start + timeout
     while db.status(job_id) not in FINAL:
@@ -350,9 +361,29 @@ def post_and_wait(setup: Setup, db: BackendDB, job_id: str, dto: dict[str, Any],
         if time.perf_counter() > deadline:
             print(f"  job {job_id} (flow run {flow_run_id}) has no final status after {timeout:g} s; going on",
                   flush=True)
-            return JobSample(job_id, flow_run_id, sent, ack, time.perf_counter() - start, finished=False)
+            return JobSample(job_id, flow_run_id, sent, ack, time.perf_counter() - start, finished=False,
+                             reposted=reposted)
         time.sleep(poll)
-    return JobSample(job_id, flow_run_id, sent, ack, time.perf_counter() - start)
+    return JobSample(job_id, flow_run_id, sent, ack, time.perf_counter() - start, reposted=reposted)
+
+
+def post_job(setup: Setup, dto: dict[str, Any], timeout: float) -> tuple[httpx.Response | None, str | None, bool]:
+    """POST /api/job/execute: (answer, error, sent twice). A connection that fails at once (a keep-alive
+    connection the worker closed) is retried once: the endpoint is idempotent per job execution id."""
+    start = time.perf_counter()
+    for attempt in (1, 2):
+        try:
+            answer = setup.worker.post("/api/job/execute", json=dto, timeout=timeout)
+        except (httpx.ReadError, httpx.RemoteProtocolError, httpx.ConnectError) as exc:
+            if attempt == 1 and time.perf_counter() - start < 1.0:
+                continue
+            return None, f"POST /api/job/execute failed after {time.perf_counter() - start:.1f} s: {exc!r}", True
+        except httpx.HTTPError as exc:
+            return None, f"POST /api/job/execute failed after {time.perf_counter() - start:.1f} s: {exc!r}", attempt > 1
+        if answer.status_code != 202:
+            return answer, f"worker answered {answer.status_code}: {answer.text[:300]}", attempt > 1
+        return answer, None, attempt > 1
+    raise AssertionError("unreachable")
 
 
 def closed_loop(concurrency: int, count: int, one: Callable[[int, Any], Any], context: Callable[[], Any]
@@ -724,12 +755,25 @@ class Results:
     def ratio(self) -> float:
         return self.worker_rate / self.baseline_rate
 
+    def engine_restarts(self) -> list[str]:
+        """The phases during which dockerd was restarted (by someone else: this host is shared)."""
+        phases = [("the worker phase", self.worker_cpu)]
+        phases += [(f"plain half {i}", cpu) for i, (_, _, cpu) in enumerate(self.halves, start=1)]
+        return [name for name, cpu in phases if cpu[ENGINE]]
+
     def bad_histories(self) -> list[JobSample]:
         return [s for s in self.worker if s.statuses != ["RUNNING", "SUCCESS"] or s.violations]
 
 
 def print_throughput(r: Results) -> None:
     print(f"\nthroughput ({r.jobs} jobs `true`, client concurrency {r.concurrency})")
+    if r.engine_restarts():
+        print(f"  WARNING: the Docker engine was restarted during {', '.join(r.engine_restarts())} (not by this "
+              "bench): those figures are disturbed")
+    reposted = sum(1 for s in r.worker if s.reposted)
+    if reposted:
+        print(f"  {reposted} POSTs were sent again after the connection failed at once (a keep-alive connection "
+              "closed by the worker)")
     if r.finished < r.jobs:
         print(f"  {r.jobs - r.finished} jobs reached no final status within the job timeout: the worker figure counts "
               f"the {r.finished} that did, and includes the time their clients spent waiting for the others")
@@ -758,16 +802,18 @@ def print_cpu(r: Results) -> None:
     print(f"\nCPU seconds per phase ({os.cpu_count()} CPUs on this host; per job in brackets, ms)")
     print(f"  {'':<40}" + "".join(f"{name:>24}" for name, _, _ in phases))
     counts = [r.jobs] + [len(runs) for runs, _, _ in r.halves]
-    for party in r.worker_cpu:
-        cells = "".join(f" {cpu[party]:10.1f} ({cpu[party] / n * 1000:7.1f} ms)" for (_, _, cpu), n in
-                        zip(phases, counts, strict=True))
+    for party in (p for p in r.worker_cpu if p != ENGINE):
+        cells = "".join(f"{'(engine restarted)':>24}" if party == DAEMON and cpu[ENGINE] else
+                        f" {cpu[party]:10.1f} ({cpu[party] / n * 1000:7.1f} ms)"
+                        for (_, _, cpu), n in zip(phases, counts, strict=True))
         print(f"  {party:<40}{cells}")
-    others = [cpu["host busy (all processes)"] - sum(v for k, v in cpu.items() if k != "host busy (all processes)")
+    others = [cpu[HOST] - sum(v for k, v in cpu.items()
+                              if k not in (HOST, ENGINE) and not (k == DAEMON and cpu[ENGINE]))
               for _, _, cpu in phases]
     print(f"  {'rest (runc, shims, kernel, other users)':<40}" + "".join(
         f" {value:10.1f} ({value / n * 1000:7.1f} ms)" for value, n in zip(others, counts, strict=True)))
     print(f"  {'wall / host CPU busy':<40}" + "".join(
-        f" {wall:9.1f} s {cpu['host busy (all processes)'] / (wall * (os.cpu_count() or 1)) * 100:4.0f}% busy"
+        f" {wall:9.1f} s {cpu[HOST] / (wall * (os.cpu_count() or 1)) * 100:4.0f}% busy"
         for _, wall, cpu in phases))
 
 
@@ -815,6 +861,19 @@ def flow_run_state(setup: Setup, flow_run_id: str) -> str:
     return f"{state.get('type')} {str(state.get('message') or '')[:240]!r}"
 
 
+def prefect_retryable_errors(setup: Setup) -> str | None:
+    """What the bench's own Prefect server logged as retryable (answered 503), by exception."""
+    path = setup.workdir / "prefect-server.log"
+    if setup.prefect_sid is None or not path.exists():
+        return None
+    text = path.read_text(errors="replace")
+    count = text.count("Encountered retryable exception in request")
+    causes = Counter(line.strip()[:110] for line in text.splitlines()
+                     if re.match(r"(sqlalchemy\.exc|asyncio|TimeoutError)\S*(: |$)", line.strip()))
+    return f"{count} requests answered 503 (retryable), for: " + (
+        "; ".join(cause for cause, _ in causes.most_common(3)) or "(no exception found in the log)")
+
+
 def print_histories(setup: Setup, r: Results) -> None:
     bad = r.bad_histories()
     print(f"\nbackend histories: {r.jobs - len(bad)}/{r.jobs} exactly RUNNING, SUCCESS with no contract violation")
@@ -841,9 +900,11 @@ def verdict(r: Results) -> bool:
     }
     ok = all(checks.values())
     failed = [name for name, good in checks.items() if not good]
+    disturbed = r.engine_restarts()
     print(f"\nVERDICT: {'PASS' if ok else 'FAIL'}: " + "; ".join(
         f"{name} {'ok' if good else 'MISSED'}" for name, good in checks.items())
-        + (f"  (missed: {len(failed)})" if failed else ""))
+        + (f"  (missed: {len(failed)})" if failed else "")
+        + (f"  [disturbed: the Docker engine was restarted during {', '.join(disturbed)}]" if disturbed else ""))
     return ok
 
 
@@ -856,6 +917,8 @@ def report(setup: Setup, r: Results) -> None:
     print_steps("plain docker run", baseline_marks([run for runs, _, _ in r.halves for run in runs], containers_b),
                 BASELINE_STEPS)
     print(f"\nPrefect server responsiveness during the worker phase (PATCH of a variable, 1/s): {r.prefect_probe}")
+    if (errors := prefect_retryable_errors(setup)) is not None:
+        print(f"  the Prefect server's log, whole session: {errors}")
     print_cpu(r)
     print_resources(r)
     print_histories(setup, r)
