@@ -12,7 +12,7 @@ from executors.errors import WorkerError
 from flows.cancel_watch import PrefectCancelWatcher
 from flows.dependencies import wait_for_dependencies
 from flows.job_task import job_task, new_job_run
-from flows.pool_run import pool_process
+from flows.pool_run import canceled_before_start, pool_process
 from flows.reporting import JobReporter
 from flows.runtime import JobRecord, get_backend, get_inflight, get_outbox, get_registry
 from flows.workspace import job_workspace_name, workspace
@@ -43,6 +43,8 @@ def job_tags(job: JobExecutionDTO) -> list[str]:
 def execute_job(job_execution: dict[str, Any]) -> Any:
     """Run one job execution (a JobExecutionDTO as JSON) after its dependencies; report to the backend."""
     job = JobExecutionDTO.model_validate(job_execution)
+    if canceled_before_start():
+        return Cancelled(message="canceled through the worker API before the flow started")
     with pool_process():  # a no-op unless a pool worker started this run
         settings = get_settings()
         record, _ = get_registry().claim(job.id, job.job.name, job.pipeline_execution_id)

@@ -59,6 +59,23 @@ def _from_deployment() -> bool:
     return bool(context and context.flow_run and context.flow_run.deployment_id)
 
 
+def canceled_before_start() -> bool:
+    """Whether the API cancelled this pool run before its flow process started.
+
+    The API reports ``CANCELED`` itself in that case (``PoolDispatcher._cancel_before_start``), but Prefect
+    lets a Cancelled run be proposed Running again, so a process picked up at that moment must not run it.
+    """
+    if not _from_deployment():
+        return False
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.runtime import flow_run
+
+    with get_client(sync_client=True) as client:
+        states = client.read_flow_run_states(flow_run.id)
+    return any(state.type == StateType.CANCELLED for state in states)
+
+
 @contextlib.contextmanager
 def pool_process() -> Iterator[None]:
     """Wrap a flow body: steps 1, 3 and 4 of the module docstring when the run came from a deployment."""

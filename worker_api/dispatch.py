@@ -21,12 +21,13 @@ from prefect.context import SyncClientContext
 from prefect.flow_engine import run_flow
 
 from flows.job_flow import execute_job, job_run_name, job_tags
+from flows.job_log import WORKER_PREFIX
 from flows.pipeline_flow import execute_pipeline, pipeline_run_name
 from flows.pipeline_plan import load_pipeline
-from flows.runtime import JobRecord, get_backend, get_registry
+from flows.runtime import JobRecord, get_backend, get_inflight, get_outbox, get_registry
 from worker_api.flow_runs import FlowRunFactory
 from worker_api.limits import QueueFull
-from worker_api.models import ExecutionStatus, JobExecutionDTO, JobView
+from worker_api.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate, JobView
 from worker_api.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,16 @@ def _enter_client_context() -> None:
     run builds a client: an SSL context from certifi's bundle (20-80 ms) and a CSRF probe.
     """
     SyncClientContext().__enter__()
+
+
+def _report_unfinished(record: JobRecord, outcome: str) -> None:
+    """A flow that ended before its job got a final status (an error outside the task) must not leave the
+    backend waiting: report ``FAILED`` with the reason."""
+    log.error("job %s had no final status when its %s; reporting FAILED", record.job_execution_id, outcome)
+    record.status, record.message = ExecutionStatus.FAILED, outcome
+    get_outbox().put_status(JobStatusUpdate(job_execution_id=record.job_execution_id, status=ExecutionStatus.FAILED,
+                                            logs=f"{WORKER_PREFIX} {outcome}\n"))
+    get_inflight().remove(record.job_execution_id)
 
 
 class FlowDispatcher:
@@ -125,12 +136,13 @@ class FlowDispatcher:
     @staticmethod
     def _run(flow: Flow, flow_run: FlowRun, params: dict[str, Any], record: JobRecord | None) -> None:
         try:
-            run_flow(flow, flow_run=flow_run, parameters=params, return_type="state")
+            state: Any = run_flow(flow, flow_run=flow_run, parameters=params, return_type="state")
+            outcome = f"flow run ended {state.name}: {state.message}"
         except BaseException as exc:  # noqa: BLE001 - a thread must never die silently
             log.exception("flow run %s (%s) crashed", flow_run.id, flow.name)
-            if record is not None and not record.status.is_final:
-                record.status = ExecutionStatus.FAILED
-                record.message = f"flow run crashed: {exc}"
+            outcome = f"flow run crashed: {exc}"
+        if record is not None and not record.status.is_final:
+            _report_unfinished(record, outcome)
 
     @staticmethod
     def job_view(job_execution_id: UUID) -> JobView | None:
