@@ -114,10 +114,9 @@ class DockerExecutor:
     def _run_in_slot(self, spec: JobSpec, log_sink: LogSink, cancel: threading.Event,
                      started: datetime) -> JobResult:
         try:
-            self.ensure_image(spec.image, spec.pull_policy)
-            if cancel.is_set():
+            container = self._create_with_image(spec, cancel)
+            if container is None:
                 return JobResult(None, started, datetime.now(UTC), canceled=True)
-            container = self._create(spec)
         except docker.errors.APIError as exc:
             raise EngineUnavailable(f"Docker engine error: {exc.explanation or exc}") from exc
         except requests.exceptions.ConnectionError as exc:
@@ -126,6 +125,23 @@ class DockerExecutor:
             return self._supervise(container, spec, log_sink, cancel)
         finally:
             self._remove(container)
+
+    def _create_with_image(self, spec: JobSpec, cancel: threading.Event) -> Container | None:
+        """Create the container, pulling the image as the policy says; None when canceled meanwhile.
+
+        Under ``if-not-present`` and ``never`` the create is tried first: a present image (the usual case)
+        then costs no separate inspect call on the way to a running job.
+        """
+        if spec.pull_policy == "always":
+            self._pull(spec.image)
+        elif cancel.is_set():
+            return None
+        else:
+            try:
+                return self._create(spec)
+            except docker.errors.ImageNotFound:
+                self.ensure_image(spec.image, spec.pull_policy)  # raises under never; pulls otherwise
+        return None if cancel.is_set() else self._create(spec)
 
     def ensure_image(self, image: str, policy: str) -> None:
         """Make ``image`` present under ``policy`` or raise :class:`ImageUnavailable` naming it."""
