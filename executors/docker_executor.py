@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import docker
 import docker.errors
@@ -276,14 +275,14 @@ class DockerExecutor:
 
     def _wait(self, container: Container, timeout: float, cancel: threading.Event
               ) -> tuple[int | None, bool, bool]:
-        deadline = _monotonic() + timeout
+        deadline = time.monotonic() + timeout
         while True:
             code = self._wait_step(container)
             if code is not None:
                 return code, False, False
             if cancel.is_set():
                 return self._stop(container), False, True
-            if _monotonic() >= deadline:
+            if time.monotonic() >= deadline:
                 return self._stop(container), True, False
 
     def _wait_step(self, container: Container) -> int | None:
@@ -360,12 +359,3 @@ def _pump(stream: Iterator[bytes], splitter: LineSplitter) -> None:
 def _is_read_timeout(exc: BaseException) -> bool:
     text = repr(exc)
     return isinstance(exc, requests.exceptions.ReadTimeout) or "Read timed out" in text
-
-
-def _monotonic() -> float:
-    return time.monotonic()
-
-
-def spec_labels(extra: dict[str, Any] | None = None) -> dict[str, str]:
-    """Extra labels as strings (docker requires string values)."""
-    return {k: str(v) for k, v in (extra or {}).items()}

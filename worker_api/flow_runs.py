@@ -17,21 +17,37 @@ from prefect.client.schemas.objects import FlowRun, FlowRunPolicy
 from prefect.states import Pending, to_state_create
 
 
-class FlowRunFactory:
-    """Creates Pending flow runs; thread-safe."""
+class SharedPrefectClient:
+    """One long-lived sync Prefect client, entered on first use and closed once; thread-safe."""
 
     def __init__(self) -> None:
         self._client: SyncPrefectClient | None = None
-        self._flow_ids: dict[str, UUID] = {}
         self._lock = threading.Lock()
 
-    def _api(self) -> SyncPrefectClient:
+    def get(self) -> SyncPrefectClient:
         with self._lock:
             if self._client is None:
                 client = get_client(sync_client=True)
                 client.__enter__()
                 self._client = client
             return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.__exit__(None, None, None)
+
+
+class FlowRunFactory:
+    """Creates Pending flow runs; thread-safe."""
+
+    def __init__(self) -> None:
+        self._shared = SharedPrefectClient()
+        self._flow_ids: dict[str, UUID] = {}
+
+    def _api(self) -> SyncPrefectClient:
+        return self._shared.get()
 
     def _flow_id(self, flow: Flow) -> UUID:
         flow_id = self._flow_ids.get(flow.name)
@@ -50,7 +66,4 @@ class FlowRunFactory:
         return FlowRun.model_validate(response.json())
 
     def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.__exit__(None, None, None)
-                self._client = None
+        self._shared.close()

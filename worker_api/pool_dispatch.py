@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from uuid import UUID
 
-from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterState,
@@ -46,6 +46,7 @@ from flows.pipeline_plan import load_pipeline
 from flows.runtime import JobRecord, get_backend, get_outbox
 from worker_api.deploy import ensure_concurrency_limit
 from worker_api.dispatch import PipelineRecord, room_for
+from worker_api.flow_runs import SharedPrefectClient
 from worker_api.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate, JobView
 from worker_api.settings import get_settings
 
@@ -68,7 +69,7 @@ class PoolDispatcher:
         self._jobs: dict[UUID, JobRecord] = {}
         self._pipelines: dict[UUID, PipelineRecord] = {}
         self._lock = threading.Lock()
-        self._client: SyncPrefectClient | None = None
+        self._shared = SharedPrefectClient()
         self._limit_ready = False
 
     def prepare(self) -> None:
@@ -160,10 +161,7 @@ class PoolDispatcher:
         return True
 
     def shutdown(self, wait: bool = False) -> None:
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.__exit__(None, None, None)
+        self._shared.close()
 
     def _run_deployment(self, flow_name: str, params: dict[str, Any], name: str, tags: list[str],
                         key: str) -> FlowRun:
@@ -183,12 +181,7 @@ class PoolDispatcher:
         room_for(jobs)(unfinished)
 
     def _api(self) -> SyncPrefectClient:
-        with self._lock:
-            if self._client is None:
-                client = get_client(sync_client=True)
-                client.__enter__()
-                self._client = client
-            return self._client
+        return self._shared.get()
 
     def _claim(self, records: dict[UUID, R], key: UUID, make: Callable[[], R]) -> tuple[R, bool]:
         with self._lock:
