@@ -26,6 +26,8 @@ from typing import Protocol
 from executors.artifacts import ArtifactCollection
 
 LogSink = Callable[[str], None]
+DEFAULT_CAP_DROP = ("NET_RAW", "MKNOD", "AUDIT_WRITE", "SETFCAP")
+"""Raw sockets (packet spoofing), device nodes, audit log writes, file capabilities: not for CI jobs."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class JobSpec:
     name: str
     image: str
     script: tuple[str, ...]
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # secrets: never in a logged repr
     working_dir: str = "/workspace"
     timeout_seconds: float = 3600.0
     pull_policy: str = "if-not-present"
@@ -50,9 +52,18 @@ class JobSpec:
     """``success`` (collect only when the script succeeded) or ``always``."""
     max_artifact_bytes: int = 100 * 1024 * 1024
     max_job_artifact_bytes: int = 1024 * 1024 * 1024
+    """Most bytes of artifacts kept, and of archives read from the engine while collecting them."""
+    artifact_collect_timeout_seconds: float = 300.0
     pids_limit: int | None = 1024
     memory_limit: str | None = None
     privileged: bool = False
+    cap_drop: tuple[str, ...] = DEFAULT_CAP_DROP
+    """Linux capabilities removed from Docker's default set (a CI job needs none of these)."""
+    cap_add: tuple[str, ...] = ()
+    cpus: float | None = None
+    """CPU limit (2.0: two CPUs' worth of time); capped at the engine's CPU count. None: no limit."""
+    read_only_rootfs: bool = False
+    """Root filesystem read-only; ``/tmp`` is then a tmpfs and the workspace volume stays writable."""
 
 
 @dataclass

@@ -5,12 +5,24 @@ Contract (see ``executors.base``): one container per run, labelled with
 it; output streamed line by line as it comes; timeout and cancel stop the container with SIGTERM, then
 SIGKILL after the grace period (containers run with an init process so SIGTERM reaches the script);
 the container is always removed.
+
+Containers hold little: network ``none`` by default, no new privileges, the capabilities a CI job does not
+need dropped (``JobSpec.cap_drop``), pids, memory and CPU limits, optionally a read-only root with a tmpfs
+``/tmp``; an image outside ``allowed_images`` is refused before any engine call.
+
+A wedged engine accepts connections and never answers: every engine call has a deadline
+(``docker_timeout_seconds``), a run pings the engine while it waits (a ``wait`` timing out is normal), and
+no answer in time is :class:`EngineUnavailable` (retried), with the container slot released and the
+container's removal left for a later retry.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import logging
+import os
+import posixpath
 import tarfile
 import tempfile
 import threading
@@ -23,53 +35,48 @@ import docker
 import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
+from docker.types import Mount
 from docker.utils import parse_repository_tag
 
-from executors.artifacts import ArtifactCollection, ArtifactCollector
+from executors.artifacts import ArtifactCollection, ArtifactLimits, collect_artifacts
 from executors.base import JobResult, JobSpec, LogSink
-from executors.errors import ContainerLost, EngineUnavailable, ImageUnavailable
+from executors.container_files import ContainerFiles
+from executors.errors import ContainerLost, EngineUnavailable, ImageNotAllowed, ImageUnavailable
+from executors.output import LineSplitter
 from executors.script import build_shell_script
+from executors.workspace_seed import DEFAULT_MAX_BYTES as DEFAULT_SEED_MAX_BYTES
+from executors.workspace_seed import plan_seed, write_seed_archive
 
 log = logging.getLogger(__name__)
 
 LABEL_JOB = "cicd.job-execution-id"
 LABEL_WORKER = "cicd.worker-id"
-SCRIPT_PATH = "/.cicd-job-script.sh"
+SCRIPT_DIR = "/.cicd-job"
+SCRIPT_PATH = f"{SCRIPT_DIR}/script.sh"
 _MAX_INLINE_SCRIPT_BYTES = 100 * 1024
 _KILLED_BY_SIGNAL = (137, 143)
 _ENGINE_WATCH_SECONDS = 3.0
 _WAIT_STEP_SECONDS = 0.5
-
-
-class LineSplitter:
-    """Re-joins byte chunks into lines (docker splits long lines into 16 KiB frames)."""
-
-    def __init__(self, sink: LogSink) -> None:
-        self._sink = sink
-        self._pending = b""
-        self.total_bytes = 0
-
-    def feed(self, chunk: bytes) -> None:
-        self.total_bytes += len(chunk)
-        data = self._pending + chunk
-        *lines, self._pending = data.split(b"\n")
-        for line in lines:
-            self._sink(line.decode("utf-8", errors="replace"))
-
-    def close(self) -> None:
-        if self._pending:
-            self._sink(self._pending.decode("utf-8", errors="replace"))
-            self._pending = b""
+_ENGINE_CHECK_SECONDS = 5.0
+_TMPFS_OPTIONS = "rw,nosuid,nodev,exec"  # exec: jobs build and run programs in /tmp
+_ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
 
 
 class DockerExecutor:
     """Runs jobs in Docker containers; at most ``max_containers`` at once across all threads."""
 
     def __init__(self, worker_id: str, *, max_containers: int = 4, stop_grace_seconds: float = 10.0,
-                 pull_timeout_seconds: float = 300.0, client: docker.DockerClient | None = None) -> None:
+                 pull_timeout_seconds: float = 300.0, docker_timeout_seconds: float = 30.0,
+                 allowed_images: tuple[str, ...] = (), max_line_chars: int = 65536,
+                 client: docker.DockerClient | None = None) -> None:
         self.worker_id = worker_id
+        self.max_line_chars = max_line_chars  # longer output lines are passed on in pieces (executors.output)
         self.stop_grace_seconds = stop_grace_seconds
         self.pull_timeout_seconds = pull_timeout_seconds
+        self.docker_timeout_seconds = docker_timeout_seconds
+        self.allowed_images = tuple(allowed_images)
+        self.engine = client.api.base_url if client else os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        self._engine_cpus: int | None = None
         self._slots = threading.BoundedSemaphore(max_containers)
         self._client = client
         self._client_lock = threading.Lock()
@@ -77,25 +84,55 @@ class DockerExecutor:
 
     @property
     def client(self) -> docker.DockerClient:
-        """The engine client, made on first use (pool sized for many concurrent jobs)."""
+        """The engine client, made on first use: a pool sized for many concurrent jobs, and every call bounded
+        by ``docker_timeout_seconds`` (a wedged engine accepts connections and never answers)."""
+        with self._client_lock:
+            if self._client is not None:
+                return self._client
+        try:
+            # Made outside the lock: it asks the engine for its API version, which may take the whole deadline.
+            client = docker.from_env(max_pool_size=64, timeout=self.docker_timeout_seconds)
+        except docker.errors.DockerException as exc:
+            raise self.engine_error("cannot reach the Docker engine", exc) from exc
         with self._client_lock:
             if self._client is None:
-                try:
-                    self._client = docker.from_env(max_pool_size=64, timeout=60)
-                except docker.errors.DockerException as exc:
-                    raise EngineUnavailable(f"Docker engine unreachable: {exc}") from exc
+                self._client = client
             return self._client
 
+    def engine_error(self, what: str, exc: BaseException) -> EngineUnavailable:
+        """An :class:`EngineUnavailable` naming the engine, and the deadline when it did not answer in time."""
+        if _is_timeout(exc):
+            return EngineUnavailable(f"{what}: the Docker engine at {self.engine} did not answer within "
+                                     f"{self.docker_timeout_seconds:g} s (WORKER_DOCKER_TIMEOUT_SECONDS)")
+        detail = exc.explanation if isinstance(exc, docker.errors.APIError) and exc.explanation else exc
+        return EngineUnavailable(f"{what}: Docker engine at {self.engine}: {detail}")
+
     def ping(self) -> None:
-        """Raise :class:`EngineUnavailable` unless the engine answers."""
+        """Raise :class:`EngineUnavailable` unless the engine answers within the deadline."""
         try:
             self.client.ping()
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise EngineUnavailable(f"Docker engine unreachable: {exc}") from exc
+        except _ENGINE_ERRORS as exc:
+            raise self.engine_error("Docker engine unreachable", exc) from exc
         self._retry_removals()
+
+    def check_image_allowed(self, image: str) -> None:
+        """Raise :class:`ImageNotAllowed` unless ``image`` matches an allowed pattern (none set: any image).
+
+        Patterns are globs over the whole reference as the job writes it (``*`` also crosses ``/``); a
+        reference without tag or digest is matched as ``<image>:latest`` too.
+        """
+        if not self.allowed_images:
+            return
+        repository, tag = parse_repository_tag(image)
+        forms = (image,) if tag else (image, f"{repository}:latest")
+        if any(fnmatch.fnmatchcase(form, pattern) for form in forms for pattern in self.allowed_images):
+            return
+        raise ImageNotAllowed(f"image {image!r} is not allowed on this worker: it matches none of "
+                              f"WORKER_ALLOWED_IMAGES {list(self.allowed_images)}")
 
     def run(self, spec: JobSpec, log_sink: LogSink, cancel: threading.Event) -> JobResult:
         """Run ``spec`` to the end; see the module docstring."""
+        self.check_image_allowed(spec.image)  # before any engine call: a refused image costs nothing
         started = datetime.now(UTC)
         if not self._acquire_slot(cancel):
             return JobResult(exit_code=None, started_at=started, finished_at=datetime.now(UTC), canceled=True)
@@ -114,14 +151,16 @@ class DockerExecutor:
                      started: datetime) -> JobResult:
         try:
             container = self._create_with_image(spec, cancel)
-            if container is None:
-                return JobResult(None, started, datetime.now(UTC), canceled=True)
-        except docker.errors.APIError as exc:
-            raise EngineUnavailable(f"Docker engine error: {exc.explanation or exc}") from exc
-        except requests.exceptions.ConnectionError as exc:
-            raise EngineUnavailable(f"Docker engine unreachable: {exc}") from exc
+        except _ENGINE_ERRORS as exc:
+            if _is_timeout(exc):
+                self._remove_unanswered_create(spec)
+            raise self.engine_error("could not create the job's container", exc) from exc
+        if container is None:
+            return JobResult(None, started, datetime.now(UTC), canceled=True)
         try:
             return self._supervise(container, spec, log_sink, cancel)
+        except requests.exceptions.RequestException as exc:  # attach, start or a later call got no answer
+            raise self.engine_error("could not run the job's container", exc) from exc
         finally:
             self._remove(container)
 
@@ -184,23 +223,46 @@ class DockerExecutor:
             network_mode=spec.network,
             security_opt=["no-new-privileges"],
             privileged=spec.privileged,
+            cap_drop=list(spec.cap_drop) or None,
+            cap_add=list(spec.cap_add) or None,
             pids_limit=spec.pids_limit,
             mem_limit=spec.memory_limit,
+            nano_cpus=self._nano_cpus(spec.cpus),
+            read_only=spec.read_only_rootfs,
+            tmpfs={"/tmp": _TMPFS_OPTIONS} if spec.read_only_rootfs else None,
             volumes={spec.workspace_volume: {"bind": spec.workspace_mount, "mode": "rw"}}
             if spec.workspace_volume else None,
+            # The program file goes on an anonymous volume of its own, removed with the container (v=True): the
+            # engine refuses archives into a read-only root, and a tmpfs /tmp is only mounted at start.
+            mounts=[Mount(SCRIPT_DIR, None, type="volume")] if as_file else None,
             detach=True,
         )
         if as_file:
             try:
-                container.put_archive("/", script_archive(script))
+                container.put_archive(SCRIPT_DIR, script_archive(script))
             except Exception:
                 self._remove(container)
                 raise
         return container
 
+    def _remove_unanswered_create(self, spec: JobSpec) -> None:
+        """A create that got no answer may still have made the container: remove it if the engine answers now."""
+        try:
+            self.remove_labelled(**{LABEL_JOB: spec.job_execution_id})
+        except _ENGINE_ERRORS as exc:  # the start-up sweep of the next worker life removes it
+            log.warning("could not look for a container of job %s left by an unanswered create: %s", spec.name, exc)
+
+    def _nano_cpus(self, cpus: float | None) -> int | None:
+        """``cpus`` in the engine's unit, capped at the engine's CPU count (it refuses a limit above it)."""
+        if cpus is None:
+            return None
+        if self._engine_cpus is None:
+            self._engine_cpus = int(self.client.info().get("NCPU") or 1)
+        return int(min(cpus, self._engine_cpus) * 1e9)
+
     def _supervise(self, container: Container, spec: JobSpec, log_sink: LogSink,
                    cancel: threading.Event) -> JobResult:
-        splitter = LineSplitter(log_sink)
+        splitter = LineSplitter(log_sink, self.max_line_chars)
         # Attach before start so that no early output is missed; the stream ends when the container exits.
         stream = container.attach(stdout=True, stderr=True, stream=True, logs=True)
         pump = threading.Thread(target=_pump, args=(stream, splitter), name=f"logs-{spec.name}", daemon=True)
@@ -219,36 +281,46 @@ class DockerExecutor:
         return result
 
     def _collect(self, container: Container, spec: JobSpec) -> ArtifactCollection:
-        collector = ArtifactCollector(spec.artifacts, spec.max_artifact_bytes, spec.max_job_artifact_bytes)
-        if not collector.wanted:
-            return collector.result
+        """The job's artifacts (``executors.artifacts``); an engine failing meanwhile is an infrastructure error."""
+        files = ContainerFiles(self.client.api, container.id or container.name, spec.working_dir)
+        limits = ArtifactLimits(spec.max_artifact_bytes, spec.max_job_artifact_bytes,
+                                spec.artifact_collect_timeout_seconds)
         try:
-            chunks, _ = container.get_archive(spec.working_dir.rstrip("/") or "/")
-            return collector.collect(chunks)
-        except docker.errors.NotFound:
-            collector.result.warnings.append(f"working directory {spec.working_dir} not found: no artifacts")
-            return collector.result
+            return collect_artifacts(spec.artifacts, files, limits)
+        except _ENGINE_ERRORS as exc:
+            raise EngineUnavailable(f"the Docker engine failed while artifacts were collected: {exc}") from exc
 
     def create_volume(self, name: str, labels: dict[str, str]) -> None:
-        """Create (or reuse) a named volume carrying our worker label."""
-        self.client.volumes.create(name=name, labels={**labels, LABEL_WORKER: self.worker_id})
+        """Create (or reuse) a named volume carrying our worker label; :class:`EngineUnavailable` if it cannot."""
+        try:
+            self.client.volumes.create(name=name, labels={**labels, LABEL_WORKER: self.worker_id})
+        except _ENGINE_ERRORS as exc:
+            raise self.engine_error(f"creating volume {name}", exc) from exc
 
     def seed_volume(self, name: str, directory: Path, image: str, mount: str = "/workspace",
-                    exclude: tuple[str, ...] = (".cicd", ".git", ".venv")) -> None:
-        """Copy ``directory`` into a volume through a container that is created but never started."""
+                    max_bytes: int = DEFAULT_SEED_MAX_BYTES) -> list[str]:
+        """Copy the project files of ``directory`` into a volume through a container that is created but
+        never started; returns the warnings (links left out).
+
+        Which files, links and the size cap: :mod:`executors.workspace_seed`. The listing is checked against
+        ``max_bytes`` before any container exists (:class:`SeedTooLarge`).
+        """
+        plan = plan_seed(directory, max_bytes)
+        for warning in plan.warnings:
+            log.warning(warning)
+        # Never started, yet held to the job containers' rules (and more: no capability at all).
         container = self.client.containers.create(image, command=["true"], network_mode="none",
+                                                  security_opt=["no-new-privileges"], cap_drop=["ALL"],
                                                   labels={LABEL_WORKER: self.worker_id},
                                                   volumes={name: {"bind": mount, "mode": "rw"}})
         try:
             with tempfile.TemporaryFile() as archive:
-                with tarfile.open(fileobj=archive, mode="w") as tar:
-                    for entry in sorted(directory.iterdir()):
-                        if entry.name not in exclude:
-                            tar.add(entry, arcname=entry.name)
+                write_seed_archive(plan, archive, max_bytes)
                 archive.seek(0)
                 container.put_archive(mount, archive)
         finally:
             self._remove(container)
+        return plan.warnings
 
     def remove_volume(self, name: str) -> None:
         """Remove a volume; a missing one is fine, one still in use is logged."""
@@ -256,7 +328,7 @@ class DockerExecutor:
             self.client.volumes.get(name).remove(force=True)
         except docker.errors.NotFound:
             pass
-        except docker.errors.APIError as exc:
+        except _ENGINE_ERRORS as exc:  # still in use, or the engine failed or did not answer in time
             log.error("could not remove volume %s: %s", name, exc)
 
     def _raise_if_engine_went_away(self, exit_code: int) -> None:
@@ -276,6 +348,7 @@ class DockerExecutor:
     def _wait(self, container: Container, timeout: float, cancel: threading.Event
               ) -> tuple[int | None, bool, bool]:
         deadline = time.monotonic() + timeout
+        next_check = time.monotonic() + _ENGINE_CHECK_SECONDS
         while True:
             code = self._wait_step(container)
             if code is not None:
@@ -284,6 +357,19 @@ class DockerExecutor:
                 return self._stop(container), False, True
             if time.monotonic() >= deadline:
                 return self._stop(container), True, False
+            if time.monotonic() >= next_check:
+                self._check_engine_answers()
+                next_check = time.monotonic() + _ENGINE_CHECK_SECONDS
+
+    def _check_engine_answers(self) -> None:
+        """Fail the job when the engine no longer answers a ping within the deadline.
+
+        ``wait`` timing out is normal while a job runs, so it cannot tell a wedged engine from a busy job.
+        """
+        try:
+            self.client.ping()
+        except _ENGINE_ERRORS as exc:
+            raise self.engine_error("the Docker engine stopped answering while the job ran", exc) from exc
 
     def _wait_step(self, container: Container) -> int | None:
         try:
@@ -305,27 +391,32 @@ class DockerExecutor:
             return None
 
     def _remove(self, container: Container) -> None:
+        """Force-remove ``container`` within the call deadline; if the engine fails, keep it for a later retry."""
         try:
             container.remove(force=True, v=True)
         except docker.errors.NotFound:
             pass
-        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+        except _ENGINE_ERRORS as exc:
             log.error("could not remove container %s (retried later): %s", container.short_id, exc)
             with self._client_lock:
                 self._unremoved.add(container.id or container.name)
+            return  # the engine is failing: retrying the others now would only wait on it again
         self._retry_removals()
 
     def _retry_removals(self) -> None:
         with self._client_lock:
             pending, self._unremoved = self._unremoved, set()
-        for container_id in pending:
+        while pending:
+            container_id = pending.pop()
             try:
                 self.client.api.remove_container(container_id, force=True, v=True)
             except docker.errors.NotFound:
                 pass
-            except (docker.errors.APIError, requests.exceptions.RequestException):
-                with self._client_lock:
-                    self._unremoved.add(container_id)
+            except _ENGINE_ERRORS:
+                pending.add(container_id)
+                break  # one deadline spent on a failing engine is enough: the rest waits for the next chance
+        with self._client_lock:
+            self._unremoved |= pending
 
     def remove_labelled(self, **label_values: str) -> int:
         """Force-remove every container with our labels (and the given label values); returns the count."""
@@ -338,11 +429,11 @@ class DockerExecutor:
 
 
 def script_archive(script: str) -> bytes:
-    """A tar holding the job's shell program at ``SCRIPT_PATH`` (relative to ``/``)."""
+    """A tar holding the job's shell program, to extract into ``SCRIPT_DIR`` (giving ``SCRIPT_PATH``)."""
     data = script.encode()
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
-        info = tarfile.TarInfo(SCRIPT_PATH.lstrip("/"))
+        info = tarfile.TarInfo(posixpath.basename(SCRIPT_PATH))
         info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
         archive.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
@@ -359,3 +450,8 @@ def _pump(stream: Iterator[bytes], splitter: LineSplitter) -> None:
 def _is_read_timeout(exc: BaseException) -> bool:
     text = repr(exc)
     return isinstance(exc, requests.exceptions.ReadTimeout) or "Read timed out" in text
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    """Whether ``exc`` means no answer in time (docker-py wraps some timeouts in other exception types)."""
+    return isinstance(exc, requests.exceptions.Timeout) or "timed out" in repr(exc)

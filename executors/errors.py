@@ -8,9 +8,11 @@
     │   ├── JobTimedOut            the job ran past its timeout and was stopped
     │   └── ArtifactsLost          artifacts over a limit, escaping the working dir, or refused by the backend
     └── InfrastructureError        the runner broke; retried by default (``is_retryable``)
-        ├── EngineUnavailable      Docker engine unreachable or answering errors
+        ├── EngineUnavailable      Docker engine unreachable, answering errors, or not answering within
+        │                          ``WORKER_DOCKER_TIMEOUT_SECONDS`` (a wedged engine)
         ├── ImageUnavailable       image missing under the pull policy, or the pull failed (not retried:
-        │                          a missing image does not appear by waiting)
+        │   │                      a missing image does not appear by waiting)
+        │   └── ImageNotAllowed    image outside ``WORKER_ALLOWED_IMAGES``: refused before any engine call
         ├── ContainerLost          the container vanished while the job ran
         ├── BackendError           the CI backend refused a call (4xx) or stayed unreachable
         │   (defined in ``worker_api.backend_client``)
@@ -68,6 +70,10 @@ class ImageUnavailable(InfrastructureError):
     """The job's image is not present and may not, or could not, be pulled."""
 
     retryable = False
+
+
+class ImageNotAllowed(ImageUnavailable):
+    """The job's image matches none of the worker's allowed image patterns (not retried)."""
 
 
 class ContainerLost(InfrastructureError):

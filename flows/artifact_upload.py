@@ -13,6 +13,7 @@ from prefect.artifacts import create_table_artifact
 from executors.artifacts import ArtifactCollection
 from executors.errors import ArtifactsLost
 from flows.job_log import JobLog
+from worker_api.multipart import name_bytes, readable_name
 from worker_api.outbox import DELIVERED, PENDING, Outbox
 
 
@@ -35,15 +36,16 @@ def upload_artifacts(outbox: Outbox, job_execution_id: str, collection: Artifact
     refused = []
     for item_id, artifact in queued.items():
         outcome = outcomes[item_id]
-        described = f"{artifact.relative_path} ({artifact.size} bytes, sha256 {artifact.sha256})"
+        shown = readable_name(name_bytes(artifact.relative_path))  # a name that is not UTF-8 shows %XX
+        described = f"{shown} ({artifact.size} bytes, sha256 {artifact.sha256})"
         if outcome == DELIVERED:
             job_log.note(f"artifact uploaded: {described}")
         elif outcome == PENDING:
             job_log.note(f"artifact queued (backend unavailable, delivered before the final status): {described}")
         else:
             job_log.note(f"artifact NOT accepted: {described}: {outcome}")
-            refused.append(f"{artifact.relative_path}: {outcome}")
-        rows.append({"path": artifact.relative_path, "bytes": artifact.size, "sha256": artifact.sha256,
+            refused.append(f"{shown}: {outcome}")
+        rows.append({"path": job_log.mask(shown), "bytes": artifact.size, "sha256": artifact.sha256,
                      "delivery": outcome.split(":")[0]})
     if refused:
         raise ArtifactsLost(f"the backend refused artifacts: {'; '.join(refused)}")

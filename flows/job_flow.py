@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+from uuid import UUID
 
 from prefect import flow
 from prefect.runtime import flow_run as runtime_flow_run
@@ -11,13 +13,17 @@ from prefect.states import Cancelled, Failed
 from executors.errors import WorkerError
 from flows.cancel_watch import PrefectCancelWatcher
 from flows.dependencies import wait_for_dependencies
+from flows.handoff import HandOff
+from flows.job_log import WORKER_PREFIX
 from flows.job_task import job_task, new_job_run
 from flows.pool_run import canceled_before_start, pool_process
 from flows.reporting import JobReporter
 from flows.runtime import JobRecord, get_backend, get_inflight, get_outbox, get_registry
 from flows.workspace import job_workspace_name, workspace
-from worker_api.models import ExecutionStatus, JobExecutionDTO
+from worker_api.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate
 from worker_api.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 
 def job_run_name(job: JobExecutionDTO) -> str:
@@ -37,21 +43,60 @@ def job_tags(job: JobExecutionDTO) -> list[str]:
     return tags
 
 
+_handed_over: HandOff[JobExecutionDTO] = HandOff()
+
+
+def hand_over_job(job: JobExecutionDTO) -> None:
+    """Give the job execution to its flow run in this process, before the run is created (see
+    :mod:`flows.handoff`: its env must not be a flow-run parameter)."""
+    _handed_over.put(job.id, job)
+
+
+def drop_handed_over_job(job_execution_id: UUID | str) -> None:
+    """Forget a job handed over whose flow run will not run (creating it failed)."""
+    _handed_over.take(job_execution_id)
+
+
 # No flow_run_name here: callers name the run when they create it (dispatcher, CLI). A name template makes the
 # engine rename the run (a PATCH) and resolve the result store once more before the flow starts (~50 ms).
 @flow(name="execute-job", persist_result=False, validate_parameters=False)
-def execute_job(job_execution: dict[str, Any]) -> Any:
-    """Run one job execution (a JobExecutionDTO as JSON) after its dependencies; report to the backend."""
-    job = JobExecutionDTO.model_validate(job_execution)
+def execute_job(job_execution_id: str) -> Any:
+    """Run one job execution after its dependencies; report to the backend.
+
+    Only the id is a parameter: the job execution (with its env) is the one handed over in this process,
+    else it is fetched from the backend (``GET /jobs/{id}``).
+    """
     if canceled_before_start():
         return Cancelled(message="canceled through the worker API before the flow started")
     with pool_process():  # a no-op unless a pool worker started this run
+        job = _handed_over.take(job_execution_id)
+        if job is None:
+            job = _fetch_job(job_execution_id)
+        if job is None:
+            return Failed(message=f"job execution {job_execution_id} could not be fetched from the backend")
         settings = get_settings()
         record, _ = get_registry().claim(job.id, job.job.name, job.pipeline_execution_id)
         record.flow_run_id = record.flow_run_id or runtime_flow_run.id
         reporter = JobReporter(job, record, get_outbox(), get_inflight(), settings)
         with PrefectCancelWatcher(runtime_flow_run.id, lambda: [record]):
             return _run_job(job, record, reporter)
+
+
+def _fetch_job(job_execution_id: str) -> JobExecutionDTO | None:
+    """The job execution from the backend; None (reported ``FAILED`` when the id is one) when it cannot be had."""
+    try:
+        execution_id = UUID(job_execution_id)
+    except ValueError:
+        log.error("execute-job started with %r, which is not a job execution id", job_execution_id)
+        return None
+    try:
+        return get_backend().get_job_execution(execution_id)
+    except WorkerError as exc:
+        reason = f"job not run: could not fetch the job execution from the backend: {exc}"
+        log.error("job %s: %s", execution_id, reason)
+        get_outbox().put_status(JobStatusUpdate(job_execution_id=execution_id, status=ExecutionStatus.FAILED,
+                                                logs=f"{WORKER_PREFIX} {reason}\n"))
+        return None
 
 
 def _run_job(job: JobExecutionDTO, record: JobRecord, reporter: JobReporter) -> Any:

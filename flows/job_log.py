@@ -1,11 +1,11 @@
 """The log of one job execution: every line the job printed and the worker said about it.
 
-Lines are masked (values of secret env vars become ``[MASKED]``) and split when longer than a limit
-before anything else sees them, so every sink — the final status, live chunks, the Prefect UI — gets the
-same text. The log keeps a bounded tail (for the final status), the size and SHA-256 of the whole log
-(so the backend can check completeness), a bounded pending chunk for live shipping, and forwards lines in
-batches to the Prefect run logger (one API record per line costs ~2 ms, NOTES §8). Memory stays bounded
-however much a job prints.
+Lines are masked (values of secret env vars and their encoded forms become ``[MASKED]``, see
+:mod:`flows.masking`) and split when longer than a limit before anything else sees them, so every
+sink — the final status, live chunks, the Prefect UI — gets the same text. The log keeps a bounded
+tail (for the final status), the size and SHA-256 of the whole log (so the backend can check
+completeness), a bounded pending chunk for live shipping, and forwards lines in batches to the Prefect
+run logger (one API record per line costs ~2 ms). Memory stays bounded however much a job prints.
 """
 
 from __future__ import annotations
@@ -17,19 +17,25 @@ import time
 from collections import deque
 from collections.abc import Iterable
 
+from flows.masking import Masker
+
 WORKER_PREFIX = "[cicd-worker]"
-MASK = "[MASKED]"
 _PREFECT_BATCH_LINES = 200
 _PREFECT_BATCH_SECONDS = 1.0
 
 
 class JobLog:
-    """Thread-safe accumulator of log lines; see the module docstring."""
+    """Thread-safe accumulator of log lines; see the module docstring.
+
+    ``secrets``: every string to mask (values and their forms, from :func:`flows.masking.scan_secrets`).
+    """
 
     def __init__(self, tail_bytes: int = 1_000_000, *, secrets: Iterable[str] = (), max_line_chars: int = 65536,
                  chunk_bytes: int = 65536, prefect_max_bytes: int = 5_000_000) -> None:
         self._tail_bytes = tail_bytes
-        self._secrets = sorted({s for s in secrets if len(s) >= 3}, key=len, reverse=True)
+        self._masker = Masker(secrets)
+        # None when there is nothing to mask: the hot path then pays one comparison per line.
+        self._mask = self._masker.mask if self._masker else None
         self._max_line_chars = max_line_chars
         self.chunk_bytes = chunk_bytes
         self._prefect_budget = prefect_max_bytes
@@ -49,10 +55,8 @@ class JobLog:
         self.chunk_full = threading.Event()
 
     def mask(self, text: str) -> str:
-        """``text`` with every secret value replaced by ``[MASKED]``."""
-        for secret in self._secrets:
-            text = text.replace(secret, MASK)
-        return text
+        """``text`` with every secret (and each of its forms) replaced by ``[MASKED]``."""
+        return self._masker.mask(text)
 
     def forward_to(self, logger: logging.LoggerAdapter | logging.Logger | None) -> None:
         """Also send lines to ``logger`` (the Prefect task run logger) in batches; ``None`` stops."""
@@ -61,8 +65,8 @@ class JobLog:
 
     def line(self, text: str) -> None:
         """Add one line (without its newline); a line longer than the limit becomes several."""
-        if self._secrets:
-            text = self.mask(text)
+        if self._mask is not None:
+            text = self._mask(text)
         step = self._max_line_chars
         pieces = [text[i:i + step] for i in range(0, len(text), step)] if len(text) > step else [text]
         with self._lock:

@@ -67,8 +67,10 @@ def job_spec(job: JobExecutionDTO, settings: Settings, workspace_volume: str | N
         workspace_volume=workspace_volume, workspace_mount=settings.default_working_dir,
         artifacts=tuple(job.job.artifacts), artifacts_when=job.job.artifacts_when or settings.artifacts_when,
         max_artifact_bytes=settings.max_artifact_bytes, max_job_artifact_bytes=settings.max_job_artifact_bytes,
+        artifact_collect_timeout_seconds=settings.artifact_collect_timeout_seconds,
         pids_limit=settings.container_pids_limit, memory_limit=settings.container_memory_limit,
-        privileged=settings.privileged,
+        privileged=settings.privileged, cap_drop=tuple(settings.cap_drop), cap_add=tuple(settings.cap_add),
+        cpus=settings.container_cpus, read_only_rootfs=settings.read_only_rootfs,
     )
 
 

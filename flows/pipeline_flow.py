@@ -9,6 +9,7 @@ the executor's slots are shared by every flow.
 from __future__ import annotations
 
 import concurrent.futures
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -20,6 +21,7 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Cancelled, Completed, Failed
 
 from flows.cancel_watch import PrefectCancelWatcher
+from flows.handoff import HandOff
 from flows.job_task import JobRun, job_task, new_job_run
 from flows.pipeline_plan import PipelineRun, load_pipeline
 from flows.planning import Outcome, Scheduler
@@ -100,26 +102,50 @@ class PipelineDriver:
         return rows
 
 
+@dataclass
+class PipelineStart:
+    """What the process starting a pipeline's flow run hands over (see :mod:`flows.handoff`)."""
+
+    planned: PipelineRun | None = None  # already fetched and planned: not fetched again
+    seed_directory: Path | None = None  # files the workspace starts with (local runs: the pipeline's directory)
+
+
+_handed_over: HandOff[PipelineStart] = HandOff()
+
+
+def hand_over_pipeline(pipeline_execution_id: UUID | str, start: PipelineStart) -> None:
+    """Give the flow run of this pipeline run, in this process, what it needs before the run is created:
+    the planned jobs hold every job's env and the seed is a host path, neither may be a flow-run parameter."""
+    _handed_over.put(pipeline_execution_id, start)
+
+
+def drop_handed_over_pipeline(pipeline_execution_id: UUID | str) -> None:
+    """Forget what was handed over for a flow run that will not run (creating it failed)."""
+    _handed_over.take(pipeline_execution_id)
+
+
 # Named by callers when they create the run, like execute-job (see there).
 @flow(name="execute-pipeline", persist_result=False, validate_parameters=False)
-def execute_pipeline(pipeline_execution_id: str, pipeline: dict[str, Any] | None = None,
-                     seed_directory: str | None = None) -> Any:
-    """Run every job of a pipeline run; ``pipeline`` is the already fetched run (else it is fetched).
+def execute_pipeline(pipeline_execution_id: str) -> Any:
+    """Run every job of a pipeline run.
 
-    ``seed_directory``: files the workspace starts with (local runs: the pipeline file's directory).
+    Only the id is a parameter: the planned run is the one handed over in this process, else it is fetched
+    from the backend and planned; the workspace is seeded only when this process handed over a directory.
     """
     with pool_process():  # a no-op unless a pool worker started this run
-        return _execute_pipeline(pipeline_execution_id, pipeline, seed_directory)
+        start = _handed_over.take(pipeline_execution_id) or PipelineStart()
+        return _execute_pipeline(pipeline_execution_id, start)
 
 
-def _execute_pipeline(pipeline_execution_id: str, pipeline: dict[str, Any] | None, seed_directory: str | None) -> Any:
-    planned = PipelineRun.from_params(pipeline) if pipeline else load_pipeline(get_backend(),
-                                                                                UUID(pipeline_execution_id))
+def _execute_pipeline(pipeline_execution_id: str, start: PipelineStart) -> Any:
+    planned = start.planned or load_pipeline(get_backend(), UUID(pipeline_execution_id))
     volume_name = pipeline_workspace_name(str(planned.pipeline_execution_id))
     with workspace(volume_name, {"cicd.pipeline-execution-id": str(planned.pipeline_execution_id)}) as volume:
-        if seed_directory:
+        if start.seed_directory is not None:
             first_image = next(iter(planned.jobs.values())).job.docker_image
-            get_executor().seed_volume(volume, Path(seed_directory), first_image, get_settings().default_working_dir)
+            settings = get_settings()
+            get_executor().seed_volume(volume, start.seed_directory, first_image, settings.default_working_dir,
+                                       max_bytes=settings.seed_max_bytes)
         driver = PipelineDriver(planned, volume)
         records = [reporter.record for reporter in driver.reporters.values()]
         with PrefectCancelWatcher(runtime_flow_run.id, lambda: records) as watcher:

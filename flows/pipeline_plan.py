@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 from uuid import UUID
 
 import networkx as nx
@@ -16,23 +15,15 @@ from worker_api.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate
 
 @dataclass
 class PipelineRun:
-    """The jobs of one pipeline run, their dependencies (execution ids) and the planned graph."""
+    """The jobs of one pipeline run, their dependencies (execution ids) and the planned graph.
+
+    Never a flow-run parameter: the jobs carry their env (see :mod:`flows.handoff`).
+    """
 
     pipeline_execution_id: UUID
     jobs: dict[str, JobExecutionDTO]
     dependencies: dict[str, list[str]]
     graph: nx.DiGraph
-
-    def to_params(self) -> dict[str, Any]:
-        """JSON form passed to the flow, so that the flow does not fetch again."""
-        return {"pipelineExecutionId": str(self.pipeline_execution_id),
-                "jobs": [job.model_dump(mode="json", by_alias=True) for job in self.jobs.values()],
-                "dependencies": self.dependencies}
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> PipelineRun:
-        jobs = [JobExecutionDTO.model_validate(job) for job in params["jobs"]]
-        return plan(UUID(params["pipelineExecutionId"]), jobs, params["dependencies"])
 
     @property
     def name(self) -> str:

@@ -32,8 +32,9 @@ from typing import IO, Any
 from prefect.context import FlowRunContext
 
 from flows import runtime
-from worker_api.recovery import recover
+from worker_api.recovery import RecoveryMasks, recover
 from worker_api.settings import get_settings
+from worker_api.state_db import private_dir, private_file
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +102,10 @@ def _take_slot(base: Path) -> Path:
     """Lock the lowest free slot directory under ``base/pool-slots``; held until the process exits."""
     global _slot_lock
     slots = base / "pool-slots"
-    slots.mkdir(parents=True, exist_ok=True)
+    private_dir(slots)
     number = 0
     while True:
-        handle = open(slots / f"{number}.lock", "ab")  # noqa: SIM115 - held for the life of the process
+        handle = open(private_file(slots / f"{number}.lock"), "ab")  # noqa: SIM115 - held for the process life
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -121,7 +122,8 @@ def _recover_slot() -> None:
     if not inflight.all():  # the usual case; listing containers would race the other flow processes' removals
         return
     try:
-        count = recover(runtime.get_executor(), outbox, inflight, settings.log_tail_bytes, sweep=False)
+        count = recover(runtime.get_executor(), outbox, inflight, settings.log_tail_bytes,
+                        RecoveryMasks.from_settings(settings), sweep=False)
     except Exception as exc:  # the engine may be down: the job itself will say so
         log.error("recovery of slot %s failed: %s", settings.state_dir, exc)
         return

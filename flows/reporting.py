@@ -7,13 +7,13 @@ exceptions raised by hooks, so this module must not rely on raising.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 from datetime import UTC, datetime
 from typing import Any
 
 from flows.job_log import JobLog
 from flows.log_shipping import LogShipper
+from flows.masking import scan_job_env
 from flows.runtime import JobRecord
 from worker_api import metrics
 from worker_api.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate
@@ -24,16 +24,15 @@ from worker_api.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def secret_values(env: dict[str, str] | None, patterns: list[str]) -> list[str]:
-    """Values of the env vars whose names look secret (``fnmatch`` patterns, case-insensitive)."""
-    return [value for name, value in (env or {}).items()
-            if any(fnmatch.fnmatchcase(name.upper(), pattern.upper()) for pattern in patterns)]
-
-
 def new_job_log(job: JobExecutionDTO, settings: Settings) -> JobLog:
-    return JobLog(settings.log_tail_bytes, secrets=secret_values(job.job.env, settings.secret_env_patterns),
-                  max_line_chars=settings.log_max_line_chars, chunk_bytes=settings.log_chunk_bytes,
-                  prefect_max_bytes=settings.prefect_log_max_bytes)
+    """The job's log, masking its secrets (:mod:`flows.masking`); it opens with a warning for each secret
+    too short to be masked."""
+    scan = scan_job_env(job.job.env, job.job.masked_env, settings)
+    job_log = JobLog(settings.log_tail_bytes, secrets=scan.needles, max_line_chars=settings.log_max_line_chars,
+                     chunk_bytes=settings.log_chunk_bytes, prefect_max_bytes=settings.prefect_log_max_bytes)
+    for warning in scan.warnings(settings.secret_min_length):
+        job_log.note(warning)
+    return job_log
 
 
 class JobReporter:
@@ -61,6 +60,7 @@ class JobReporter:
         self.record.start_time = self.record.start_time or now
         self._send(JobStatusUpdate(job_execution_id=self.job.id, status=ExecutionStatus.RUNNING,
                                    logs="", attempt=attempt, start_time=self.record.start_time))
+        self.record.save()  # the registry on disk: a job re-sent after a restart is answered from it
         if self._shipper is None:
             self._shipper = LogShipper(self.outbox, str(self.job.id), self.log, self._chunk_interval).start()
 
@@ -81,6 +81,7 @@ class JobReporter:
             completion_time=now, log_bytes=self.log.total_bytes, log_sha256=self.log.sha256,
         )
         self._send(update)
+        record.save()
         self._inflight.remove(self.job.id)  # the final status is durable now: nothing left to recover
         metrics.JOBS.labels(status.value).inc()
         if record.start_time is not None:

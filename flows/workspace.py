@@ -7,17 +7,28 @@ along ``needs``. The volume is removed when the run ends unless ``WORKER_KEEP_WO
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 
+from executors.errors import InfrastructureError
 from flows.runtime import get_executor
 from worker_api.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
 def workspace(name: str, labels: dict[str, str]) -> Iterator[str]:
-    """Create the named volume for the duration of the block; yields its name."""
+    """Create the named volume for the duration of the block; yields its name.
+
+    An engine that cannot create it now is not the end of the job: the container task that follows retries
+    infrastructure failures, and its container create makes the volume (unlabelled, still removed here by name).
+    """
     executor = get_executor()
-    executor.create_volume(name, labels)
+    try:
+        executor.create_volume(name, labels)
+    except InfrastructureError as exc:
+        log.warning("workspace volume %s not created (the job's container attempts will retry): %s", name, exc)
     try:
         yield name
     finally:

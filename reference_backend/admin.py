@@ -89,8 +89,8 @@ def get_faults(ctx: Context) -> dict[str, Any]:
 
 @router.post("/faults")
 def set_faults(spec: wire.FaultSpec, ctx: Context) -> dict[str, Any]:
-    """Start injecting 503s into ``/api`` (see :mod:`reference_backend.faults`)."""
-    ctx.faults.configure(spec.fail_rate, spec.down_for_seconds, spec.seed)
+    """Start injecting 503s (or fixed answers per path) into ``/api`` (see :mod:`reference_backend.faults`)."""
+    ctx.faults.configure(spec.fail_rate, spec.down_for_seconds, spec.seed, answers=spec.answers)
     return ctx.faults.snapshot()
 
 

@@ -6,6 +6,7 @@ import hashlib
 import os
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
+from urllib.parse import unquote_to_bytes
 
 _CHUNK = 1024 * 1024
 
@@ -27,6 +28,55 @@ def safe_relative_path(name: str) -> PurePosixPath:
     if path.is_absolute() or ".." in path.parts or not path.parts:
         raise UnsafeArtifactPath(f"artifact name {name!r} must be a relative path without '..'")
     return path
+
+
+def submitted_name(content_disposition: str | None, filename: str | None) -> str:
+    """The uploaded file's name: ``filename*`` (RFC 6266/5987) when the part has one, else ``filename``.
+
+    ``filename*=UTF-8''<percent-encoded bytes>`` is decoded as UTF-8, each byte that is not valid UTF-8
+    kept as ``%XX`` (so ``bad%FFname`` for a file named with the byte 0xFF). Starlette's multipart
+    parser ignores ``filename*`` (RFC 7578 discourages it), hence reading the part's header here.
+    """
+    extended = _extended_filename(content_disposition or "")
+    return extended if extended is not None else filename or ""
+
+
+def _extended_filename(header: str) -> str | None:
+    for parameter in _parameters(header):
+        key, _, value = parameter.partition("=")
+        if key.strip().lower() != "filename*":
+            continue
+        charset, _, rest = value.strip().partition("'")
+        _language, _, encoded = rest.partition("'")
+        if charset.lower() not in ("utf-8", "iso-8859-1"):
+            return None
+        raw = unquote_to_bytes(encoded)
+        if charset.lower() == "iso-8859-1":
+            return raw.decode("latin-1")
+        text = raw.decode("utf-8", "surrogateescape")
+        return "".join(f"%{ord(c) - 0xDC00:02X}" if "\udc80" <= c <= "\udcff" else c for c in text)
+    return None
+
+
+def _parameters(header: str) -> list[str]:
+    """The ``;``-separated parts of a header value, a ``;`` inside a quoted string not splitting."""
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    for char in header:
+        if escaped:
+            escaped = False
+        elif char == "\\" and quoted:
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == ";" and not quoted:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current))
+    return parts[1:]  # the first is the disposition type
 
 
 def artifact_file(data_dir: Path, execution_id: str, relative: PurePosixPath) -> Path:

@@ -56,11 +56,12 @@ def update_job_status(update: wire.JobStatusUpdate, ctx: Context) -> Response:
 def upload_artifact(
     job_id: Annotated[str, Form(alias="jobId")], file: Annotated[UploadFile, File()], ctx: Context
 ) -> JSONResponse:
-    """uploadArtifacts: one file per request, its filename being its relative path."""
+    """uploadArtifacts: one file per request, its filename (``filename*`` preferred) being its relative path."""
     if ctx.store.job_execution(job_id) is None:
         raise not_found("job execution", job_id)
     try:
-        relative = artifacts.safe_relative_path(file.filename or "")
+        relative = artifacts.safe_relative_path(
+            artifacts.submitted_name(file.headers.get("content-disposition"), file.filename))
     except artifacts.UnsafeArtifactPath as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from exc
     target = artifacts.artifact_file(ctx.data_dir, job_id, relative)

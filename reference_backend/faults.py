@@ -1,11 +1,15 @@
-"""Fault injection: make the contract endpoints answer 503 on demand.
+"""Fault injection: make the contract endpoints answer 503 (or another status) on demand.
 
-Two knobs, both reset by ``DELETE /admin/faults``:
+Three knobs, all reset by ``DELETE /admin/faults``:
 
 * ``failRate``: each request under ``/api`` fails with this probability,
   drawn from a seeded :class:`random.Random` so a run is reproducible;
 * ``downForSeconds``: every request under ``/api`` fails until that many
-  seconds from now (a backend restart, as the worker sees it).
+  seconds from now (a backend restart, as the worker sees it);
+* ``answers``: request path → status answered there every time, e.g.
+  ``{"/api/job/logs": 500}`` (a Spring backend's catch-all error handler
+  answers 500 for a path it does not have) or ``{"/api/job/status": 302}``
+  (a proxy redirecting to a login page); a 3xx carries a ``Location``.
 
 Admin endpoints are never faulted, so tests can always inspect and reset.
 """
@@ -16,6 +20,7 @@ import json
 import random
 import threading
 import time
+from http import HTTPStatus
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -35,10 +40,13 @@ class Faults:
         self._fail_rate = 0.0
         self._down_until = 0.0
         self._injected = 0
+        self._answers: dict[str, int] = {}
 
-    def configure(self, fail_rate: float, down_for_seconds: float, seed: int | None = None) -> None:
+    def configure(self, fail_rate: float, down_for_seconds: float, seed: int | None = None,
+                  answers: dict[str, int] | None = None) -> None:
         """Replace the settings; a given seed restarts the random sequence."""
         with self._lock:
+            self._answers = dict(answers or {})
             if seed is not None:
                 self._seed = seed
                 self._rng = random.Random(seed)
@@ -52,6 +60,15 @@ class Faults:
             self._fail_rate = 0.0
             self._down_until = 0.0
             self._injected = 0
+            self._answers = {}
+
+    def answer_for(self, path: str) -> int | None:
+        """The fixed status configured for ``path``, counted as an injected failure; None when none is."""
+        with self._lock:
+            status = self._answers.get(path)
+            if status is not None:
+                self._injected += 1
+            return status
 
     def should_fail(self) -> bool:
         """Decide for one request; counts the failures it injects."""
@@ -71,6 +88,7 @@ class Faults:
                 "downForSeconds": max(0.0, self._down_until - time.monotonic()),
                 "seed": self._seed,
                 "injected": self._injected,
+                "answers": dict(self._answers),
             }
 
 
@@ -84,23 +102,16 @@ class FaultMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        faulted = (
-            scope["type"] == "http"
-            and (path == self.prefix or path.startswith(self.prefix + "/"))
-            and self.faults.should_fail()
-        )
-        if not faulted:
+        status = None
+        if scope["type"] == "http" and (path == self.prefix or path.startswith(self.prefix + "/")):
+            status = self.faults.answer_for(path) or (503 if self.faults.should_fail() else None)
+        if status is None:
             await self.app(scope, receive, send)
             return
-        body = json.dumps(error_body(503, "Service Unavailable", "fault injected", path)).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 503,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
+        phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Fault"
+        body = json.dumps(error_body(status, phrase, "fault injected", path)).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if 300 <= status < 400:
+            headers.append((b"location", b"/login"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, stage_id TEXT, name TEXT NOT NULL, docker_image TEXT NOT NULL,
     script TEXT NOT NULL, dependencies TEXT NOT NULL, allow_failure INTEGER NOT NULL,
     artifacts TEXT NOT NULL, working_dir TEXT, env TEXT, timeout_seconds INTEGER, retries INTEGER,
-    artifacts_when TEXT,
+    artifacts_when TEXT, masked_env TEXT,
     created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS job_executions (
     id TEXT PRIMARY KEY, position INTEGER NOT NULL,
@@ -61,7 +61,7 @@ _JOB_EXECUTION_SELECT = """
 SELECT e.id, e.pipeline_execution_id, e.stage_execution_id, e.stage_order, p.commit_hash, p.local,
        e.status, e.start_time, e.completion_time, j.id AS job_id, j.stage_id, j.name, j.docker_image,
        j.script, j.dependencies, j.allow_failure, j.artifacts, j.working_dir, j.env,
-       j.timeout_seconds, j.retries, j.artifacts_when, j.created_at, j.updated_at
+       j.timeout_seconds, j.retries, j.artifacts_when, j.masked_env, j.created_at, j.updated_at
 FROM job_executions e JOIN jobs j ON j.id = e.job_id
 JOIN pipeline_executions p ON p.id = e.pipeline_execution_id
 """
@@ -97,6 +97,7 @@ def _record(row: sqlite3.Row) -> JobExecutionRecord:
         artifacts=json.loads(row["artifacts"]),
         working_dir=row["working_dir"],
         env=json.loads(row["env"]) if row["env"] is not None else None,
+        masked_env=json.loads(row["masked_env"]) if row["masked_env"] is not None else None,
         timeout_seconds=row["timeout_seconds"],
         retries=row["retries"],
         artifacts_when=row["artifacts_when"],
@@ -114,6 +115,7 @@ def _definition_columns(job: JobSpec) -> dict[str, Any]:
         "artifacts": json.dumps(job.artifacts),
         "working_dir": job.working_dir,
         "env": json.dumps(job.env) if job.env is not None else None,
+        "masked_env": json.dumps(job.masked_env) if job.masked_env is not None else None,
         "timeout_seconds": job.timeout_seconds,
         "retries": job.retries,
         "artifacts_when": job.artifacts_when,
@@ -131,6 +133,9 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "masked_env" not in columns:  # a database made before the maskedEnv extension
+            self._db.execute("ALTER TABLE jobs ADD COLUMN masked_env TEXT")
 
     def close(self) -> None:
         """Close the connection; the store is unusable afterwards. Safe to call twice."""

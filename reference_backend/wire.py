@@ -95,6 +95,7 @@ class JobSpec(_AdminModel):
     artifacts: list[str] = []
     working_dir: str | None = None
     env: dict[str, str] | None = None
+    masked_env: list[str] | None = None
     timeout_seconds: int | None = None
     retries: int | None = None
     artifacts_when: str | None = None
@@ -135,6 +136,8 @@ class FaultSpec(_AdminModel):
     fail_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     down_for_seconds: float = Field(default=0.0, ge=0.0)
     seed: int | None = None
+    answers: dict[str, int] = Field(default_factory=dict)
+    """Request path (e.g. ``/api/job/logs``) → HTTP status always answered there (500, 302, ...)."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,7 @@ class JobExecutionRecord:
     artifacts: list[str]
     working_dir: str | None
     env: dict[str, str] | None
+    masked_env: list[str] | None
     timeout_seconds: int | None
     retries: int | None
     artifacts_when: str | None
@@ -198,6 +202,7 @@ def job_dto(record: JobExecutionRecord) -> dict[str, Any]:
             {
                 "workingDir": record.working_dir,
                 "env": record.env,
+                "maskedEnv": record.masked_env,
                 "timeoutSeconds": record.timeout_seconds,
                 "retries": record.retries,
                 "artifactsWhen": record.artifacts_when,

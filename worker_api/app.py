@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -11,37 +12,58 @@ from uuid import UUID
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
 from flows.planning import PlanningError
-from flows.runtime import get_executor, get_inflight, get_outbox
+from flows.runtime import get_executor, get_inflight, get_outbox, get_registry
 from worker_api import metrics
 from worker_api.backend_client import BackendRejected
 from worker_api.dispatch import FlowDispatcher
-from worker_api.health import health_report
+from worker_api.exposure import INSECURE_WARNING, Exposure, classify, refusal_message
+from worker_api.health import HealthChecks, public
 from worker_api.lifecycle import DRAIN
 from worker_api.limits import RETRY_AFTER_SECONDS, BodyTooLarge, QueueFull, RequestGuard
 from worker_api.models import ExecuteAccepted, JobExecutionDTO, JobView, PipelineExecuteRequest
 from worker_api.pool_dispatch import PoolDispatcher
-from worker_api.recovery import recover
+from worker_api.recovery import RecoveryMasks, recover
 from worker_api.settings import get_settings
 
 log = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+# How long an execute request waits for start-up recovery before answering 503 with Retry-After.
+_START_WAIT_SECONDS = 10.0
 
 
-def require_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-    """When ``WORKER_API_TOKEN`` is set, demand it as a bearer token (constant-time compare)."""
+class StartingUp(Exception):
+    """Start-up recovery of the previous worker life is not finished: no job is accepted yet."""
+
+
+def _token_matches(credentials: HTTPAuthorizationCredentials | None) -> bool:
+    """Whether the bearer token is ``WORKER_API_TOKEN`` (constant-time compare); True when none is set."""
     expected = get_settings().api_token
     if expected is None:
-        return
+        return True
     given = credentials.credentials if credentials else ""
-    if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
+    return hmac.compare_digest(given.encode(), expected.get_secret_value().encode())
+
+
+def require_token(credentials: Credentials) -> None:
+    """When ``WORKER_API_TOKEN`` is set, demand it as a bearer token."""
+    if not _token_matches(credentials):
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="missing or wrong bearer token",
                             headers={"WWW-Authenticate": "Bearer"})
+
+
+async def require_started(request: Request) -> None:
+    """Hold job submissions until start-up recovery is done (it would report a job accepted meanwhile FAILED)."""
+    started: threading.Event = request.app.state.started
+    if not started.is_set() and not await run_in_threadpool(started.wait, _START_WAIT_SECONDS):
+        raise StartingUp()
 
 
 def _dispatcher(request: Request) -> FlowDispatcher | PoolDispatcher:
@@ -49,6 +71,7 @@ def _dispatcher(request: Request) -> FlowDispatcher | PoolDispatcher:
 
 
 Authorized = Depends(require_token)
+Started = Depends(require_started)
 Dispatcher = Annotated[FlowDispatcher | PoolDispatcher, Depends(_dispatcher)]
 
 
@@ -67,6 +90,11 @@ async def _queue_full(request: Request, exc: Exception) -> JSONResponse:
                         headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
+async def _starting_up(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(status_code=503, content={"error": "worker starting: recovering the jobs of its previous life"},
+                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
 async def _body_too_large(request: Request, exc: Exception) -> JSONResponse:
     limit = get_settings().max_request_bytes
     return JSONResponse(status_code=413, content={"error": f"request body over {limit} bytes", "field": "body"})
@@ -79,6 +107,7 @@ def _start_up(dispatcher: FlowDispatcher | PoolDispatcher) -> None:
     outbox resumes, and the global concurrency limit is created or updated.
     """
     outbox = get_outbox()
+    get_registry()  # opened now: a damaged file is found at start, jobs cut off by a crash are marked FAILED
     if isinstance(dispatcher, PoolDispatcher):
         try:
             dispatcher.prepare()
@@ -86,7 +115,8 @@ def _start_up(dispatcher: FlowDispatcher | PoolDispatcher) -> None:
             log.error("could not create the global concurrency limit: %s", exc)
         return
     try:
-        count = recover(get_executor(), outbox, get_inflight(), get_settings().log_tail_bytes)
+        count = recover(get_executor(), outbox, get_inflight(), get_settings().log_tail_bytes,
+                        RecoveryMasks.from_settings(get_settings()))
     except Exception as exc:  # the engine may be down: health says so, and the next start retries
         log.error("start-up recovery failed: %s", exc)
         return
@@ -94,32 +124,87 @@ def _start_up(dispatcher: FlowDispatcher | PoolDispatcher) -> None:
         log.warning("reported %d job(s) cut off by the previous worker life", count)
 
 
-def create_app(dispatcher: FlowDispatcher | PoolDispatcher | None = None) -> FastAPI:
-    """The FastAPI application; the dispatcher is made at start-up unless one is given."""
+def _start_up_in_background(dispatcher: FlowDispatcher | PoolDispatcher, started: threading.Event) -> None:
+    """``_start_up`` off the server's start: a wedged engine must not keep the API (and health) from answering."""
+
+    def run() -> None:
+        try:
+            _start_up(dispatcher)
+        except Exception:  # the outbox database may be unusable: health says so
+            log.exception("start-up failed")
+        finally:
+            started.set()
+
+    threading.Thread(target=run, name="start-up", daemon=True).start()
+
+
+def create_app(dispatcher: FlowDispatcher | PoolDispatcher | None = None, exposure: Exposure | None = None) -> FastAPI:
+    """The FastAPI application; the dispatcher is made at start-up unless one is given.
+
+    ``exposure`` is decided by ``serve`` from the listen address; by default from ``WORKER_HOST``,
+    ``WORKER_API_TOKEN`` and ``WORKER_INSECURE``. A refused exposure raises ``ValueError``.
+    """
+    settings = get_settings()
+    exposed = exposure or classify(settings.host, settings.api_token is not None, settings.insecure)
+    if exposed is Exposure.REFUSED:
+        raise ValueError(refusal_message(settings.host, settings.port))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if exposed is Exposure.INSECURE:
+            log.warning(INSECURE_WARNING)
         app.state.dispatcher = dispatcher or (PoolDispatcher() if get_settings().dispatch == "pool"
                                               else FlowDispatcher())
-        await run_in_threadpool(_start_up, app.state.dispatcher)
+        try:  # made here, once: the start-up thread and the first health check would race to make two
+            get_outbox()
+        except Exception:
+            log.exception("the outbox could not be opened")
+        _start_up_in_background(app.state.dispatcher, app.state.started)
         yield
         app.state.dispatcher.shutdown(wait=False)
 
-    app = FastAPI(title="cicd-worker", version="0.1.0", lifespan=lifespan,
-                  description="Runs CI/CD jobs in Docker containers as Prefect flow runs.")
+    # The docs and the schema are routes of their own below, behind the token like every other route.
+    app = FastAPI(title="cicd-worker", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None, description="Runs CI/CD jobs in Docker containers as Prefect flow runs.")
+    app.state.exposure = exposed
+    app.state.started = threading.Event()
+    app.state.health = HealthChecks()
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(QueueFull, _queue_full)
     app.add_exception_handler(BodyTooLarge, _body_too_large)
-    app.add_middleware(RequestGuard, max_bytes=get_settings().max_request_bytes)
+    app.add_exception_handler(StartingUp, _starting_up)
+    app.add_middleware(RequestGuard, max_bytes=settings.max_request_bytes)
+    _add_doc_routes(app)
     _add_job_routes(app)
     _add_pipeline_routes(app)
     _add_worker_routes(app)
     return app
 
 
+def _add_doc_routes(app: FastAPI) -> None:
+    """``/openapi.json``, ``/docs`` and ``/redoc``, each needing the token when one is set.
+
+    FastAPI's own would answer anyone. A browser reaches the pages with the token only through something
+    that adds the header (a proxy, a header extension), which then also sends it when the page fetches
+    ``/openapi.json``.
+    """
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Authorized])
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Authorized])
+    async def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - Swagger UI")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=[Authorized])
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
+
+
 def _add_job_routes(app: FastAPI) -> None:
     @app.post("/api/job/execute", status_code=202, response_model=ExecuteAccepted,
-              response_model_by_alias=True, dependencies=[Authorized],
+              response_model_by_alias=True, dependencies=[Authorized, Started],
               responses={200: {"description": "already known: same ids, nothing started"}})
     async def execute_job(job: JobExecutionDTO, dispatcher: Dispatcher) -> Any:
         record, started = await run_in_threadpool(dispatcher.submit_job, job)
@@ -144,7 +229,7 @@ def _add_job_routes(app: FastAPI) -> None:
 
 def _add_pipeline_routes(app: FastAPI) -> None:
     @app.post("/api/pipeline/execute", status_code=202, response_model=ExecuteAccepted,
-              response_model_by_alias=True, dependencies=[Authorized],
+              response_model_by_alias=True, dependencies=[Authorized, Started],
               responses={200: {"description": "already accepted: same flow run, nothing started"},
                          422: {"description": "invalid pipeline (cycle, unknown dependency...): every job "
                                               "of the run is reported FAILED with the reason"}})
@@ -172,8 +257,16 @@ def _add_worker_routes(app: FastAPI) -> None:
         return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/worker/health")
-    async def worker_health() -> JSONResponse:
-        report, up = await run_in_threadpool(health_report)
+    async def worker_health(request: Request, credentials: Credentials) -> JSONResponse:
+        """UP/DOWN for anyone; the checks only with the token, or without one on loopback."""
+        exposed: Exposure = request.app.state.exposure
+        report, up = await run_in_threadpool(request.app.state.health.report)
+        if not request.app.state.started.is_set():
+            report.status, up = "STARTING", False
         if DRAIN.started.is_set():
             report.status, up = "DRAINING", False
-        return JSONResponse(status_code=200 if up else 503, content=report.model_dump(mode="json"))
+        if exposed is Exposure.INSECURE:
+            report.insecure, report.warnings = True, [INSECURE_WARNING]
+        detail = _token_matches(credentials) if exposed is Exposure.TOKEN else exposed is Exposure.LOOPBACK
+        shown = report if detail else public(report)
+        return JSONResponse(status_code=200 if up else 503, content=shown.to_wire())

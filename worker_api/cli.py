@@ -14,7 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from worker_api.exposure import INSECURE_WARNING, Exposure, classify, refusal_message
 from worker_api.settings import get_settings
+from worker_api.state_db import private_dir
 
 
 def flush_outbox() -> None:
@@ -40,7 +44,7 @@ def prefect_api(keep_server: bool = False) -> Iterator[str]:
     from worker_api.prefect_server import LocalPrefectServer
 
     state_dir = get_settings().state_dir
-    state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(state_dir)
     server = LocalPrefectServer(log_path=state_dir / "prefect-server.log")
     print(f"starting a local Prefect server (log: {server.log_path}) ...", file=sys.stderr, flush=True)
     server.start()
@@ -56,11 +60,26 @@ def prefect_api(keep_server: bool = False) -> Iterator[str]:
             server.stop()
 
 
-def serve(host: str | None, port: int | None) -> int:
+def _loud(message: str) -> str:
+    bar = "!" * 100
+    return f"{bar}\n{message}\n{bar}"
+
+
+def serve(host: str | None, port: int | None, insecure: bool = False) -> int:
+    """Serve the API; refuses (2) to listen beyond loopback without ``WORKER_API_TOKEN`` unless ``insecure``."""
     import uvicorn
 
     settings = get_settings()
     host, port = host or settings.host, port or settings.port
+    exposed = classify(host, settings.api_token is not None, insecure or settings.insecure)
+    if exposed is Exposure.REFUSED:
+        print(refusal_message(host, port), file=sys.stderr, flush=True)
+        return 2
+    if exposed is Exposure.INSECURE:
+        print(_loud(INSECURE_WARNING), file=sys.stderr, flush=True)
+    if settings.dispatch == "pool" and not os.environ.get("PREFECT_API_AUTH_STRING"):
+        print(_loud("WARNING: pool mode without PREFECT_API_AUTH_STRING: a Prefect server without basic auth "
+                    "lets anyone who reaches it start flow runs on the pool hosts."), file=sys.stderr, flush=True)
     with prefect_api() as api_url:
         from worker_api.app import create_app
 
@@ -69,19 +88,21 @@ def serve(host: str | None, port: int | None) -> int:
               f"backend {settings.backend_url}", file=sys.stderr, flush=True)
         from worker_api.lifecycle import DrainingServer
 
-        DrainingServer(uvicorn.Config(create_app(), host=host, port=port, log_level="info")).run()
+        app = create_app(exposure=exposed)
+        DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="info")).run()
     return 0
 
 
 def execute_job(job_execution_id: str) -> int:
     with prefect_api():
         from flows.job_flow import execute_job as flow
-        from flows.job_flow import job_run_name
+        from flows.job_flow import hand_over_job, job_run_name
         from flows.runtime import get_backend, get_registry
 
         job = get_backend().get_job_execution(job_execution_id)
         named = flow.with_options(flow_run_name=job_run_name(job))
-        state: Any = named(job.model_dump(mode="json", by_alias=True), return_state=True)
+        hand_over_job(job)  # fetched once: the flow takes it (its env is never a flow-run parameter)
+        state: Any = named(str(job.id), return_state=True)
         flush_outbox()
         record = get_registry().get(job.id)
         status = record.status.value if record else state.name
@@ -112,8 +133,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cicd-worker", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser("serve", help="serve the worker API (starts a local Prefect server if needed)")
-    serve_cmd.add_argument("--host", help="listen address (default WORKER_HOST or 0.0.0.0)")
+    serve_cmd.add_argument("--host", help="listen address (default WORKER_HOST or 127.0.0.1); beyond loopback "
+                                          "WORKER_API_TOKEN is required")
     serve_cmd.add_argument("--port", type=int, help="listen port (default WORKER_PORT or 8081)")
+    serve_cmd.add_argument("--insecure", action="store_true",
+                           help="listen beyond loopback without a token anyway (WORKER_INSECURE=true); anyone who "
+                                "reaches the port can run any script here")
     job_cmd = commands.add_parser("execute-job", help="run one job execution from the configured backend")
     job_cmd.add_argument("job_execution_id")
     pipeline_cmd = commands.add_parser("execute-pipeline", help="run every job of a pipeline run of the backend")
@@ -128,8 +153,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def settings_error() -> str | None:
+    """The settings' validation errors as lines naming the variables, or None when they are valid."""
+    try:
+        get_settings()
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            name, *rest = [str(part) for part in error["loc"]] or ["?"]
+            variable = name.upper() if name.upper().startswith("WORKER_") else f"WORKER_{name.upper()}"
+            where = variable + "".join(f"[{part}]" for part in rest)
+            lines.append(f"  {where}: {str(error['msg']).removeprefix('Value error, ')}")
+        return "cicd-worker: invalid settings:\n" + "\n".join(lines)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if problem := settings_error():
+        print(problem, file=sys.stderr)
+        return 2
     if argv and argv[0] == "deploy":  # its own options: see `cicd-worker deploy --help`
         from worker_api import deploy
 
@@ -138,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns what matters
     if args.command == "serve":
-        return serve(args.host, args.port)
+        return serve(args.host, args.port, insecure=args.insecure)
     if args.command == "execute-job":
         return execute_job(args.job_execution_id)
     if args.command == "execute-pipeline":

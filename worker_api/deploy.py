@@ -10,20 +10,31 @@ What scale-out needs on the Prefect server, made idempotently (safe to run again
    steps as written. ``{{ $CICD_WORKER_HOME }}`` is kept as a template and resolved by each worker at run
    time, which is why this does not shell out to ``prefect deploy`` (that bakes in the deployer's value
    when it is set) and why it takes a second instead of ~20 s of CLI start-up.
+
+Anyone who can call the Prefect API can start these deployments with any parameters, on every pool host.
+So this refuses to run unless the Prefect server demands basic auth: ``PREFECT_SERVER_API_AUTH_STRING``
+(``user:password``) on the server, the same value as ``PREFECT_API_AUTH_STRING`` on every client (this
+command, the API host, each ``prefect worker``). It checks that the server refuses a call without the
+string and accepts one with it. ``--no-prefect-auth`` skips that, loudly.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
 PREFECT_FILE = "prefect.yaml"
+NO_AUTH_WARNING = ("WARNING: --no-prefect-auth: the Prefect server is used without basic auth. Anyone who reaches "
+                   "it can start execute-job/execute-pipeline with any parameters on every pool host. Set "
+                   "PREFECT_SERVER_API_AUTH_STRING on the server and PREFECT_API_AUTH_STRING on every client.")
 
 
 def project_dir() -> Path:
@@ -79,6 +90,40 @@ def deploy(work_pool: str, deployment_name: str, directory: Path | None = None) 
     return names
 
 
+def _client_auth_string() -> str | None:
+    """``PREFECT_API_AUTH_STRING`` as Prefect's client sees it (environment, ``.env`` or profile)."""
+    from prefect.settings import get_current_settings
+
+    secret = get_current_settings().api.auth_string
+    return secret.get_secret_value() if secret is not None else None
+
+
+def prefect_auth_problem(api_url: str, auth_string: str | None) -> str | None:
+    """Why the Prefect server at ``api_url`` is not safe to deploy to with ``auth_string``, or None.
+
+    It must refuse a call without credentials (the server has ``PREFECT_SERVER_API_AUTH_STRING``) and accept
+    ``auth_string`` (the client's ``PREFECT_API_AUTH_STRING``, the same ``user:password``).
+    """
+    if not auth_string:
+        return ("PREFECT_API_AUTH_STRING is not set: pool mode needs a Prefect server with basic auth "
+                "(PREFECT_SERVER_API_AUTH_STRING=user:password on the server, the same value as "
+                "PREFECT_API_AUTH_STRING on every client), or --no-prefect-auth to go on without it")
+    probe = api_url.rstrip("/") + "/admin/version"  # any route but /health and /ready needs the credentials
+    basic = "Basic " + base64.b64encode(auth_string.encode()).decode()
+    try:
+        anonymous = httpx.get(probe, timeout=10).status_code
+        with_auth = httpx.get(probe, headers={"Authorization": basic}, timeout=10).status_code
+    except httpx.HTTPError as exc:
+        return f"the Prefect API at {api_url} did not answer: {exc}"
+    if anonymous != 401:
+        return (f"the Prefect server at {api_url} answers without credentials ({anonymous}): start it with "
+                "PREFECT_SERVER_API_AUTH_STRING=user:password (the value of PREFECT_API_AUTH_STRING)")
+    if with_auth != 200:
+        return (f"the Prefect server at {api_url} refuses PREFECT_API_AUTH_STRING ({with_auth}): it must be the "
+                "server's PREFECT_SERVER_API_AUTH_STRING")
+    return None
+
+
 def deploy_all(work_pool: str, deployment_name: str, limit_name: str, limit: int,
                directory: Path | None = None) -> list[str]:
     """Steps 1-3 of the module docstring."""
@@ -101,9 +146,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=settings.max_concurrent_jobs,
                         help="containers at once across all workers (default WORKER_MAX_CONCURRENT_JOBS)")
     parser.add_argument("--project-dir", type=Path, default=None, help="where prefect.yaml is (CICD_WORKER_HOME)")
+    parser.add_argument("--no-prefect-auth", action="store_true",
+                        help="deploy to a Prefect server without basic auth (anyone reaching it can run jobs)")
     args = parser.parse_args(argv)
-    if not os.environ.get("PREFECT_API_URL"):
+    api_url = os.environ.get("PREFECT_API_URL")
+    if not api_url:
         print("PREFECT_API_URL is not set: point it at the Prefect server the workers use", file=sys.stderr)
+        return 2
+    if args.no_prefect_auth:
+        print(f"{'!' * 100}\n{NO_AUTH_WARNING}\n{'!' * 100}", file=sys.stderr, flush=True)
+    elif problem := prefect_auth_problem(api_url, _client_auth_string()):
+        print(f"cicd-worker deploy: refused: {problem}", file=sys.stderr)
         return 2
     names = deploy_all(args.pool, args.name, args.limit_name, args.limit, args.project_dir)
     print(f"work pool {args.pool!r}, global concurrency limit {args.limit_name!r} = {args.limit}")

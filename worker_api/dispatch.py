@@ -20,9 +20,15 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.context import SyncClientContext
 from prefect.flow_engine import run_flow
 
-from flows.job_flow import execute_job, job_run_name, job_tags
+from flows.job_flow import drop_handed_over_job, execute_job, hand_over_job, job_run_name, job_tags
 from flows.job_log import WORKER_PREFIX
-from flows.pipeline_flow import execute_pipeline, pipeline_run_name
+from flows.pipeline_flow import (
+    PipelineStart,
+    drop_handed_over_pipeline,
+    execute_pipeline,
+    hand_over_pipeline,
+    pipeline_run_name,
+)
 from flows.pipeline_plan import load_pipeline
 from flows.runtime import JobRecord, get_backend, get_inflight, get_outbox, get_registry
 from worker_api.flow_runs import FlowRunFactory
@@ -69,6 +75,7 @@ def _report_unfinished(record: JobRecord, outcome: str) -> None:
     backend waiting: report ``FAILED`` with the reason."""
     log.error("job %s had no final status when its %s; reporting FAILED", record.job_execution_id, outcome)
     record.status, record.message = ExecutionStatus.FAILED, outcome
+    record.save()
     get_outbox().put_status(JobStatusUpdate(job_execution_id=record.job_execution_id, status=ExecutionStatus.FAILED,
                                             logs=f"{WORKER_PREFIX} {outcome}\n"))
     get_inflight().remove(record.job_execution_id)
@@ -99,11 +106,14 @@ class FlowDispatcher:
         try:
             planned = load_pipeline(get_backend(), pipeline_execution_id)
             room_for(len(planned.jobs))(get_registry().unfinished())
-            params = {"pipeline_execution_id": str(pipeline_execution_id), "pipeline": planned.to_params()}
+            # Ids only as parameters (the Prefect API shows them): the planned jobs, env included, are handed over.
+            params = {"pipeline_execution_id": str(pipeline_execution_id)}
+            hand_over_pipeline(pipeline_execution_id, PipelineStart(planned=planned))
             flow_run = self._flow_runs.create(execute_pipeline, params, pipeline_run_name(pipeline_execution_id),
                                               ["cicd-pipeline", f"pipeline:{pipeline_execution_id}"])
             record.flow_run_id = flow_run.id
         except Exception:
+            drop_handed_over_pipeline(pipeline_execution_id)
             with self._lock:
                 self._pipelines.pop(pipeline_execution_id, None)
             raise
@@ -122,13 +132,19 @@ class FlowDispatcher:
         if not created:
             record.dispatched.wait(_DISPATCH_WAIT_SECONDS)
             return record, False
-        params = {"job_execution": job.model_dump(mode="json", by_alias=True)}
+        # Ids only as parameters (the Prefect API shows them): the job execution, env included, is handed over.
+        params = {"job_execution_id": str(job.id)}
+        hand_over_job(job)
         try:
             flow_run = self._flow_runs.create(execute_job, params, job_run_name(job), job_tags(job))
         except Exception:
+            drop_handed_over_job(job.id)
             get_registry().forget(job.id)
             raise
         record.flow_run_id = flow_run.id
+        record.save()  # on disk with its flow run: a re-send after a restart is answered 200 from it
+        # Written down before the flow starts, so that a crash before its first status is reported at restart.
+        get_inflight().add(job.id, flow_run.id, job.job.name)
         record.dispatched.set()
         self._pool.submit(self._run, execute_job, flow_run, params, record)
         return record, True

@@ -1,10 +1,18 @@
-"""Health checks of what the worker depends on: the Docker engine, the Prefect API, the backend."""
+"""Health checks of what the worker depends on: the Docker engine, the Prefect API, the backend, the outbox.
+
+A dependency that hangs must not hang health: every check runs in its own thread and the report is made
+at a deadline (``DEADLINE_SECONDS``, under the 5 s a load balancer typically waits); a check that has not
+answered by then is DOWN. A check still running from an earlier report (a wedged engine) is waited on again
+instead of being started once more, so a flood of health calls does not pile up threads.
+"""
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, wait
 from typing import Any
 
 import docker
@@ -13,57 +21,101 @@ import httpx
 from flows.runtime import get_backend, get_outbox
 from worker_api.models import HealthReport
 from worker_api.settings import get_settings
+from worker_api.state_db import state_problems
 
-_CHECK_TIMEOUT_SECONDS = 3.0
+CHECK_TIMEOUT_SECONDS = 3.0
+DEADLINE_SECONDS = 4.0
 
-
-def _timed(check: Callable[[], str | None]) -> dict[str, Any]:
-    started = time.monotonic()
-    try:
-        detail = check()
-        result: dict[str, Any] = {"status": "UP"}
-        if detail:
-            result["detail"] = detail
-    except Exception as exc:  # any failure of a probe means DOWN, with the reason shown
-        result = {"status": "DOWN", "error": f"{type(exc).__name__}: {exc}"}
-    result["millis"] = round((time.monotonic() - started) * 1000, 1)
-    return result
+Check = Callable[[], dict[str, Any]]
 
 
-def _docker() -> str | None:
-    client = docker.from_env(timeout=_CHECK_TIMEOUT_SECONDS, version="auto")
+def _docker() -> dict[str, Any]:
+    # No engine version in the answer: it tells an attacker which engine bugs to try.
+    client = docker.from_env(timeout=CHECK_TIMEOUT_SECONDS, version="auto")
     try:
         client.ping()
-        return f"engine {client.version().get('Version', '?')}"
     finally:
         client.close()
+    return {"status": "UP"}
 
 
-def _prefect() -> str | None:
+def _prefect() -> dict[str, Any]:
     url = os.environ.get("PREFECT_API_URL")
     if not url:
         raise RuntimeError("PREFECT_API_URL is not set")
-    response = httpx.get(url.rstrip("/") + "/health", timeout=_CHECK_TIMEOUT_SECONDS)
+    # /health answers without credentials even when the server demands basic auth.
+    response = httpx.get(url.rstrip("/") + "/health", timeout=CHECK_TIMEOUT_SECONDS)
     response.raise_for_status()
-    return url
+    return {"status": "UP", "detail": url}
 
 
-def _backend() -> str | None:
+def _backend() -> dict[str, Any]:
     get_backend().probe()
-    return None
+    return {"status": "UP"}
 
 
 def _outbox() -> dict[str, Any]:
-    return {"status": "UP", **get_outbox().stats()}
+    stats = dict(get_outbox().stats())
+    if stats.get("senderAlive") is False:  # nothing reaches the backend while the sender is down
+        return {**stats, "status": "DOWN", "error": stats.get("senderProblem") or "the outbox sender is not running"}
+    return {**stats, "status": "UP"}
 
 
-def health_report() -> tuple[HealthReport, bool]:
-    """The report and whether the worker is UP (Docker and Prefect; backend and outbox are informative).
+def _state() -> dict[str, Any]:
+    """Databases found damaged (moved aside, started fresh): UP, since the worker works, with the problems."""
+    problems = state_problems()
+    return {"status": "UP", **({"errors": problems} if problems else {})}
 
-    With pool dispatch no container runs in this process, so Docker is informative too.
-    """
-    checks = {"docker": _timed(_docker), "prefect": _timed(_prefect), "backend": _timed(_backend),
-              "outbox": _outbox()}
-    docker_needed = get_settings().dispatch == "local"
-    up = (checks["docker"]["status"] == "UP" or not docker_needed) and checks["prefect"]["status"] == "UP"
-    return HealthReport(status="UP" if up else "DOWN", checks=checks), up
+
+CHECKS: dict[str, Check] = {"docker": _docker, "prefect": _prefect, "backend": _backend, "outbox": _outbox,
+                            "state": _state}
+
+
+def _run(check: Check, result: Future[dict[str, Any]]) -> None:
+    started = time.monotonic()
+    try:
+        answer = check()
+    except Exception as exc:  # any failure of a probe means DOWN, with the reason shown (to who may see detail)
+        answer = {"status": "DOWN", "error": f"{type(exc).__name__}: {exc}"}
+    answer["millis"] = round((time.monotonic() - started) * 1000, 1)
+    result.set_result(answer)
+
+
+class HealthChecks:
+    """Runs ``CHECKS`` concurrently with a deadline; one instance per app."""
+
+    def __init__(self, checks: dict[str, Check] | None = None, deadline: float = DEADLINE_SECONDS) -> None:
+        self._checks = checks or CHECKS
+        self._deadline = deadline
+        self._running: dict[str, Future[dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def _start(self, name: str) -> Future[dict[str, Any]]:
+        with self._lock:
+            result = self._running.get(name)
+            if result is None or result.done():
+                result = Future()
+                threading.Thread(target=_run, args=(self._checks[name], result), name=f"health-{name}",
+                                 daemon=True).start()
+                self._running[name] = result
+            return result
+
+    def report(self) -> tuple[HealthReport, bool]:
+        """The full report and whether the worker is UP.
+
+        UP needs Docker (local dispatch only: in pool mode no container runs in this process), Prefect and a
+        running outbox sender; the backend is informative (the outbox keeps what it cannot deliver yet).
+        """
+        results = {name: self._start(name) for name in self._checks}
+        wait(list(results.values()), timeout=self._deadline)
+        checks = {name: result.result() if result.done() else
+                  {"status": "DOWN", "error": f"no answer within {self._deadline:g} s"}
+                  for name, result in results.items()}
+        needed = ["prefect", "outbox"] + (["docker"] if get_settings().dispatch == "local" else [])
+        up = all(checks[name]["status"] == "UP" for name in needed if name in checks)
+        return HealthReport(status="UP" if up else "DOWN", checks=checks), up
+
+
+def public(report: HealthReport) -> HealthReport:
+    """What a caller who may not see detail gets: the status and the insecure flag, nothing else."""
+    return HealthReport(status=report.status, insecure=report.insecure)

@@ -3,6 +3,11 @@
 The reference backend starts in-process on a free loopback port (SQLite under the run's folder), the file
 is loaded into it as a pipeline run, and the execute-pipeline flow runs it here, exactly as for a
 backend's request. Output goes to ``.cicd/runs/<run>/`` (artifacts under ``artifacts/<job>/``).
+
+Everything written on this machine stays under the run's folder: job names are single harmless path
+components (checked with the file), and every path is resolved and checked again before it is written
+(:func:`inside`). The workspace starts with the project's files (:mod:`executors.workspace_seed`), listed and
+size-checked before anything starts.
 """
 
 from __future__ import annotations
@@ -20,6 +25,20 @@ import httpx
 from worker_api.pipeline_file import PipelineFile, PipelineFileError, load_pipeline_file
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+class UnsafePath(ValueError):
+    """A path that would be written outside the folder it belongs in."""
+
+
+def inside(root: Path, *parts: str) -> Path:
+    """``root`` joined with ``parts``, resolved (links followed); raises :class:`UnsafePath` unless it stays
+    under ``root`` (resolved too)."""
+    base = root.resolve()
+    path = base.joinpath(*parts).resolve()
+    if path != base and base not in path.parents:
+        raise UnsafePath(f"refusing to write {'/'.join(parts)!r}: it resolves to {path}, outside {base}")
+    return path
 
 
 def check(path: Path) -> int:
@@ -51,20 +70,41 @@ def run(path: Path, *, dry: bool = False, runs_dir: Path = Path(".cicd/runs")) -
         return EXIT_INVALID
     if dry:
         return dry_run(pipeline)
-    run_dir = runs_dir / f"{_slug(pipeline.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("WORKER_STATE_DIR", str(runs_dir.parent / "state"))
+    problem = _seed_problem(pipeline)
+    if problem:
+        print(problem, file=sys.stderr)
+        return EXIT_INVALID
     from worker_api.cli import flush_outbox, prefect_api
 
-    with prefect_api(keep_server=True) as api_url:
-        return _run_with_backend(pipeline, run_dir, api_url, flush_outbox)
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = inside(runs_dir, f"{_slug(pipeline.name)}-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.mkdir(exist_ok=True)
+        with prefect_api(keep_server=True) as api_url:
+            return _run_with_backend(pipeline, run_dir, api_url, flush_outbox)
+    except UnsafePath as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _seed_problem(pipeline: PipelineFile) -> str | None:
+    """Why the project's files cannot seed the workspace (over ``WORKER_SEED_MAX_BYTES``), before anything runs."""
+    from executors.workspace_seed import SeedTooLarge, plan_seed
+    from worker_api.settings import get_settings
+
+    try:
+        plan_seed(pipeline.path.resolve().parent, get_settings().seed_max_bytes)
+    except SeedTooLarge as exc:
+        return f"{pipeline.path}: {exc}"
+    return None
 
 
 def _run_with_backend(pipeline: PipelineFile, run_dir: Path, api_url: str, flush: Any) -> int:
     from flows import runtime
     from reference_backend.server import BackendServer
 
-    with BackendServer(run_dir / "backend") as backend:
+    with BackendServer(inside(run_dir, "backend")) as backend:
         os.environ["WORKER_BACKEND_URL"] = backend.api_url
         runtime.reset()
         created = httpx.post(f"{backend.url}/admin/pipeline-runs", timeout=30, json={
@@ -73,13 +113,13 @@ def _run_with_backend(pipeline: PipelineFile, run_dir: Path, api_url: str, flush
         pipeline_id = created.json()["pipelineExecutionId"]
         state = _execute(pipeline, pipeline_id, run_dir)
         flush()
-        saved = _save_artifacts(backend.data_dir, created.json()["jobs"], run_dir / "artifacts")
+        saved = _save_artifacts(backend.data_dir, created.json()["jobs"], inside(run_dir, "artifacts"))
     _summary(pipeline, pipeline_id, state, api_url, run_dir, saved)
     return EXIT_OK if state.is_completed() else EXIT_FAILED
 
 
 def _execute(pipeline: PipelineFile, pipeline_id: str, run_dir: Path) -> Any:
-    from flows.pipeline_flow import execute_pipeline
+    from flows.pipeline_flow import PipelineStart, execute_pipeline, hand_over_pipeline
     from worker_api.progress import PipelineProgress
 
     _quiet_prefect_console()
@@ -87,17 +127,29 @@ def _execute(pipeline: PipelineFile, pipeline_id: str, run_dir: Path) -> Any:
     print(f"running pipeline {pipeline.name!r} ({len(pipeline.jobs)} jobs); output in {run_dir}", flush=True)
     with PipelineProgress(pipeline_id, stages):
         named = execute_pipeline.with_options(flow_run_name=f"{pipeline.name} [{pipeline_id[:8]}]")
-        return named(pipeline_id, seed_directory=str(pipeline.path.resolve().parent), return_state=True)
+        # The seed is a host path: handed to the flow in this process, never a flow-run parameter.
+        hand_over_pipeline(pipeline_id, PipelineStart(seed_directory=pipeline.path.resolve().parent))
+        return named(pipeline_id, return_state=True)
 
 
 def _save_artifacts(data_dir: Path, jobs: dict[str, str], target: Path) -> int:
-    """Copy what the backend received to ``artifacts/<job name>/<path>``; returns the file count."""
+    """Copy what the backend received to ``artifacts/<job name>/<path>``; returns the file count.
+
+    Only regular files are copied (links are not followed), each to a path checked to stay under ``target``.
+    """
     count = 0
     for name, job_execution_id in jobs.items():
         source = data_dir / "artifacts" / job_execution_id
-        if source.is_dir():
-            shutil.copytree(source, target / name, dirs_exist_ok=True)
-            count += sum(1 for item in (target / name).rglob("*") if item.is_file())
+        if not source.is_dir():
+            continue
+        job_dir = inside(target, name)
+        for path in sorted(source.rglob("*")):
+            if path.is_symlink() or not path.is_file():
+                continue
+            destination = inside(job_dir, path.relative_to(source).as_posix())
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, destination)
+            count += 1
     return count
 
 

@@ -66,6 +66,8 @@ _IMAGE_RE = re.compile(
 
 MAX_SCRIPT_LINES = 5000
 MAX_SCRIPT_BYTES = 512 * 1024
+MAX_ARTIFACT_PATTERNS = 100
+MAX_ARTIFACT_PATTERN_CHARS = 1024
 
 
 class WireModel(BaseModel):
@@ -91,6 +93,8 @@ class JobDTO(WireModel):
     artifacts: list[str] = Field(default_factory=list)
     working_dir: str | None = None
     env: dict[str, str] | None = None
+    # Extension: names of env entries whose values are secrets, on top of the worker's name patterns.
+    masked_env: list[str] | None = None
     timeout_seconds: int | None = Field(default=None, ge=1)
     retries: int | None = Field(default=None, ge=0, le=20)
     artifacts_when: Literal["success", "always"] | None = None
@@ -101,11 +105,44 @@ class JobDTO(WireModel):
     @classmethod
     def _script_size(cls, value: list[str]) -> list[str]:
         # Bounded so that one request cannot make the worker build and ship an arbitrarily large program.
+        if any("\0" in line for line in value):
+            raise ValueError("a script line holds a NUL character")
         if len(value) > MAX_SCRIPT_LINES:
             raise ValueError(f"script has {len(value)} lines; at most {MAX_SCRIPT_LINES} are allowed")
         size = sum(len(line.encode()) for line in value)
         if size > MAX_SCRIPT_BYTES:
             raise ValueError(f"script is {size} bytes; at most {MAX_SCRIPT_BYTES} are allowed")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, value: str) -> str:
+        # A name ends up in log lines, thread names and the Prefect UI: a newline there forges lines.
+        if any(ord(char) < 32 or ord(char) == 127 for char in value):
+            raise ValueError("a job name cannot hold control characters (newlines, tabs, escapes)")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_entries(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        # Docker refuses these with an API error, which would otherwise look like an engine failure (retried).
+        for name, text in (value or {}).items():
+            if not name or "=" in name or "\0" in name:
+                raise ValueError(f"env name {name[:40]!r} is empty or holds '=' or NUL")
+            if "\0" in text:
+                raise ValueError(f"env value of {name[:40]!r} holds a NUL character")
+        return value
+
+    @field_validator("artifacts")
+    @classmethod
+    def _artifact_patterns(cls, value: list[str]) -> list[str]:
+        # Bounded so that matching a job's files against its patterns stays cheap (executors.artifact_patterns).
+        if len(value) > MAX_ARTIFACT_PATTERNS:
+            raise ValueError(f"{len(value)} artifact patterns; at most {MAX_ARTIFACT_PATTERNS} are allowed")
+        for pattern in value:
+            if len(pattern) > MAX_ARTIFACT_PATTERN_CHARS:
+                raise ValueError(f"artifact pattern {pattern[:40]!r}... is {len(pattern)} characters; "
+                                 f"at most {MAX_ARTIFACT_PATTERN_CHARS} are allowed")
         return value
 
     @field_validator("docker_image")
@@ -199,7 +236,9 @@ class JobView(WireModel):
 
 
 class HealthReport(WireModel):
-    """``GET /api/worker/health``."""
+    """``GET /api/worker/health``: the status for anyone; checks and warnings only for who may see detail."""
 
     status: str
-    checks: dict[str, dict[str, Any]]
+    checks: dict[str, dict[str, Any]] | None = None
+    insecure: bool | None = Field(default=None, description="true: listening beyond loopback without a token")
+    warnings: list[str] | None = None

@@ -2,19 +2,25 @@
 
 Items are stored in SQLite (WAL) under ``WORKER_STATE_DIR`` and sent by one background sender, oldest
 first, so that the updates of a job reach the backend in the order they were made (never an older
-status after a newer one), at least once. A transient failure (connection error, timeout, 5xx, 429)
-holds the queue and retries with exponential backoff and jitter, for as long as it takes; a worker
-restarted with undelivered items sends them at start-up. An item the backend refuses (4xx) is logged
-loudly with its answer and kept aside as ``dead`` — never retried forever, never dropped silently.
+status after a newer one), at least once. Only a 2xx answer delivers an item. Every item is delivered
+or set aside as ``dead`` with its reason, and the items after it keep flowing: an item the backend
+refuses (4xx) is dead at once; any other failure is retried with exponential backoff and jitter, within
+the bounds of :mod:`worker_api.delivery_policy` (a backend that cannot be reached holds the queue for as
+long as it takes; an answer that is no success, or an exception on our side, counts against the item).
+A worker restarted with undelivered items sends them at start-up.
+
+The sender is a :class:`~worker_api.supervised.SupervisedLoop`: an exception escaping one round is
+logged and the loop goes on, a dead sender thread is restarted, and ``stats()["senderAlive"]`` is False
+while it is down or while one delivery runs past the call deadline plus a margin.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
-import random
+import re
 import shutil
-import sqlite3
 import threading
 import time
 import uuid
@@ -23,8 +29,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker_api.backend_client import BackendClient, BackendError, BackendRejected
+from worker_api.backend_client import BackendClient, BackendRejected, BackendUnavailable
+from worker_api.delivery_policy import (
+    CAUSES,
+    FAILING,
+    NO_EXTENSION,
+    REFUSED,
+    ExtensionHealth,
+    FailureCount,
+    OutboxLimits,
+    backoff,
+)
 from worker_api.models import JobStatusUpdate, LogChunk
+from worker_api.multipart import name_bytes, readable_name
+from worker_api.state_db import PRIVATE_FILE_MODE, open_state_db, private_dir
+from worker_api.supervised import SupervisedLoop
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +59,19 @@ CREATE TABLE IF NOT EXISTS items (
     state TEXT NOT NULL DEFAULT 'pending',  -- pending | dead
     last_error TEXT);
 CREATE INDEX IF NOT EXISTS items_pending ON items(state, id);
+-- A table of its own (not columns of items) so that a database made by an older worker gains it too.
+CREATE TABLE IF NOT EXISTS failures (
+    item_id INTEGER PRIMARY KEY,
+    counted INTEGER NOT NULL DEFAULT 0,  -- failures the item or the backend's answers are to blame for
+    local INTEGER NOT NULL DEFAULT 0,    -- of those, exceptions on our side
+    first_at REAL,                       -- epoch seconds of the first counted failure
+    cause TEXT);                         -- why the item is dead (delivery_policy.CAUSES)
 """
 
 DELIVERED, REJECTED, PENDING = "delivered", "rejected", "pending"
+_EXTENSIONS = {"chunk": "live log chunks (POST /job/logs)", "artifact": "artifact upload (POST /job/artifact/upload)"}
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_LAST_DEAD = 5
 
 
 @dataclass(frozen=True)
@@ -62,21 +91,25 @@ class Item:
 class Outbox:
     """The worker's one delivery path to the backend; thread-safe."""
 
-    def __init__(self, state_dir: Path, backend: BackendClient, *, max_backoff: float = 30.0) -> None:
+    def __init__(self, state_dir: Path, backend: BackendClient, limits: OutboxLimits | None = None) -> None:
         self.dir = state_dir / "outbox"
         self.files = self.dir / "files"
-        self.files.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.dir / "outbox.db", check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        private_dir(state_dir)
+        private_dir(self.files)
+        # Checked on open: a damaged database is moved aside and a fresh one made (worker_api.state_db).
+        self._db = open_state_db(self.dir / "outbox.db", _SCHEMA)
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
         self._backend = backend
-        self._max_backoff = max_backoff
+        self.limits = limits or OutboxLimits()
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._outcomes: dict[int, str] = {}
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.sender = SupervisedLoop("outbox-sender", self._round, self._stop,
+                                     stuck_after=self.limits.stuck_after_seconds,
+                                     period=self.limits.watchdog_seconds, max_pause=self.limits.max_backoff)
+        self._extensions = {kind: ExtensionHealth(self.limits.extension_max_failures,
+                                                  self.limits.extension_max_failing_seconds) for kind in _EXTENSIONS}
         self.live_logs = True
 
     # -- producers ------------------------------------------------------------------------------
@@ -91,23 +124,35 @@ class Outbox:
         return self._put(str(chunk.job_execution_id), "chunk", chunk.to_wire())
 
     def put_artifact(self, job_execution_id: str, relative_path: str, local_file: Path) -> int:
-        """Queue an upload; the file is moved into the outbox so it survives a restart."""
+        """Queue an upload; the file is moved into the outbox so it survives a restart.
+
+        ``relative_path`` may carry surrogate escapes (a name that is not UTF-8): its bytes are kept
+        apart, so that the upload names the file exactly while every text shows ``readable_name``.
+        """
         stored = self.files / f"{uuid.uuid4().hex}"
         shutil.move(local_file, stored)
-        return self._put(job_execution_id, "artifact", {"path": relative_path, "file": str(stored)})
+        stored.chmod(PRIVATE_FILE_MODE)  # job output may hold secrets: readable by the worker's user only
+        raw = name_bytes(relative_path)
+        payload: dict[str, Any] = {"path": readable_name(raw), "file": str(stored)}
+        if payload["path"].encode() != raw:
+            payload["rawPath"] = base64.b64encode(raw).decode("ascii")
+        return self._put(job_execution_id, "artifact", payload)
 
     def _put(self, job_execution_id: str, kind: str, payload: dict[str, Any]) -> int:
+        # A lone surrogate (bytes of job output or a file name that were not UTF-8) cannot be stored nor
+        # sent as UTF-8 text: it becomes U+FFFD here, once, for every kind of item.
+        text = _LONE_SURROGATE.sub("\ufffd", json.dumps(payload, ensure_ascii=False))
         with self._changed:
             cursor = self._db.execute(
                 "INSERT INTO items (job_execution_id, kind, payload, created_at) VALUES (?, ?, ?, ?)",
-                (job_execution_id, kind, json.dumps(payload), time.time()))
+                (job_execution_id, kind, text, time.time()))
             self._changed.notify_all()
             return int(cursor.lastrowid or 0)
 
     # -- observers ------------------------------------------------------------------------------
 
     def wait(self, item_ids: Iterable[int], timeout: float) -> dict[int, str]:
-        """Outcome of each artifact item (delivered, rejected: <answer>, or pending) once all are done or at
+        """Outcome of each artifact item (delivered, rejected: <reason>, or pending) once all are done or at
         timeout. Outcomes are handed out once."""
         ids = list(item_ids)
         deadline = time.monotonic() + timeout
@@ -133,46 +178,53 @@ class Outbox:
         return True
 
     def stats(self) -> dict[str, Any]:
-        """Depth, age of the oldest pending item (seconds) and the count kept aside as dead."""
+        """Depth, age of the oldest pending item (s), dead items (count, by cause, the last reasons) and
+        whether the sender is alive (False: not running, or one delivery stuck; ``senderProblem`` says)."""
         with self._lock:
             row = self._db.execute("SELECT COUNT(*), MIN(created_at) FROM items WHERE state='pending'").fetchone()
-            dead = self._count("dead")
+            by_cause = dict(self._db.execute(
+                "SELECT COALESCE(f.cause, ?), COUNT(*) FROM items i LEFT JOIN failures f ON f.item_id = i.id "
+                "WHERE i.state='dead' GROUP BY 1", (REFUSED,)).fetchall())
         oldest = round(time.time() - row[1], 3) if row[1] is not None else None
-        return {"depth": row[0], "oldestAgeSeconds": oldest, "dead": dead}
+        problem = self.sender.problem()
+        return {"depth": row[0], "oldestAgeSeconds": oldest, "dead": sum(by_cause.values()),
+                "deadByCause": {cause: int(by_cause.get(cause, 0)) for cause in CAUSES},
+                "lastDead": self.dead_items(last=_LAST_DEAD), "senderAlive": problem is None,
+                "senderProblem": problem, "senderRestarts": self.sender.restarts}
 
-    def dead_items(self) -> list[dict[str, Any]]:
+    def dead_items(self, last: int | None = None) -> list[dict[str, Any]]:
+        """Items set aside, oldest first (or only the ``last`` most recent), with cause and reason."""
+        query = ("SELECT i.id, i.job_execution_id, i.kind, COALESCE(f.cause, ?), i.last_error FROM items i "
+                 "LEFT JOIN failures f ON f.item_id = i.id WHERE i.state='dead' ORDER BY i.id DESC LIMIT ?")
         with self._lock:
-            rows = self._db.execute(
-                "SELECT id, job_execution_id, kind, last_error FROM items WHERE state='dead' ORDER BY id").fetchall()
-        return [{"id": r[0], "jobExecutionId": r[1], "kind": r[2], "error": r[3]} for r in rows]
+            rows = self._db.execute(query, (REFUSED, -1 if last is None else last)).fetchall()
+        return [{"id": r[0], "jobExecutionId": r[1], "kind": r[2], "cause": r[3], "error": (r[4] or "")[:1000]}
+                for r in reversed(rows)]
 
     def _count(self, state: str) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM items WHERE state=?", (state,)).fetchone()[0])
 
-    # -- the sender -----------------------------------------------------------------------------
+    # -- the sender ---------------------------------------------------------------------------
 
     def start(self) -> Outbox:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="outbox-sender", daemon=True)
-                self._thread.start()
+        """Start the supervised sender (once; later calls do nothing)."""
+        self.sender.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         with self._changed:
             self._changed.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=15)
+        self.sender.join(timeout=15)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            item = self._head()
-            if item is None or item.next_attempt_at > time.time():
-                with self._changed:
-                    delay = 1.0 if item is None else min(item.next_attempt_at - time.time(), 1.0)
-                    self._changed.wait(max(delay, 0.01))
-                continue
+    def _round(self) -> None:
+        item = self._head()
+        if item is None or item.next_attempt_at > time.time():
+            with self._changed:
+                delay = 1.0 if item is None else min(item.next_attempt_at - time.time(), 1.0)
+                self._changed.wait(max(delay, 0.01))
+            return
+        with self.sender.busy():
             self._deliver(item)
 
     def _head(self) -> Item | None:
@@ -181,14 +233,20 @@ class Outbox:
                                    "WHERE state='pending' ORDER BY id LIMIT 1").fetchone()
         return Item(row[0], row[1], row[2], row[3], row[4], row[5]) if row else None
 
+    # -- one delivery ---------------------------------------------------------------------------
+
     def _deliver(self, item: Item) -> None:
         try:
             self._send(item)
         except BackendRejected as exc:
-            self._rejected(item, exc)
-        except (BackendError, OSError) as exc:
-            self._retry_later(item, exc)
+            self._set_aside(item, REFUSED, str(exc))
+        except BackendUnavailable as exc:
+            self._unavailable(item, exc)
+        except Exception as exc:  # building or reading the item failed on our side, whatever the reason
+            self._failed(item, f"{type(exc).__name__}: {exc}", counted=True, local=True)
         else:
+            if item.kind in self._extensions:
+                self._extensions[item.kind].succeeded()
             self._done(item, DELIVERED)
 
     def _send(self, item: Item) -> None:
@@ -199,14 +257,18 @@ class Outbox:
                 log.info("backend has no live-log endpoint: logs go in the final status only")
                 self.live_logs = False
         elif item.kind == "artifact":
-            content = Path(item.payload["file"]).read_bytes()
-            self._backend.upload_artifact(item.job_execution_id, item.payload["path"], content)
+            payload = item.payload
+            raw = base64.b64decode(payload["rawPath"]) if "rawPath" in payload else name_bytes(payload["path"])
+            self._backend.upload_artifact(item.job_execution_id, raw, Path(payload["file"]))
+        else:
+            raise ValueError(f"unknown outbox item kind {item.kind!r}")
 
     def _done(self, item: Item, outcome: str) -> None:
         if item.kind == "artifact":
             Path(item.payload["file"]).unlink(missing_ok=True)
         with self._changed:
             self._db.execute("DELETE FROM items WHERE id=?", (item.id,))
+            self._db.execute("DELETE FROM failures WHERE item_id=?", (item.id,))
             self._note_outcome(item, outcome)
             self._changed.notify_all()
 
@@ -215,18 +277,73 @@ class Outbox:
         if item.kind == "artifact":
             self._outcomes[item.id] = outcome
 
-    def _rejected(self, item: Item, exc: BackendRejected) -> None:
-        log.error("BACKEND REFUSED %s of job %s (kept aside in the outbox as dead): %s",
-                  item.kind, item.job_execution_id, exc)
+    def _unavailable(self, item: Item, exc: BackendUnavailable) -> None:
+        extension = self._extensions.get(item.kind)
+        if extension is not None and exc.status_code is not None and exc.status_code >= 500:
+            now = time.monotonic()
+            if extension.failed(now):
+                self._extension_missing(item, f"{extension.describe(now)}, last: {exc}")
+                return
+        self._failed(item, str(exc), counted=exc.answered, local=False)
+
+    def _extension_missing(self, item: Item, reason: str) -> None:
+        """The backend is taken not to have this extension, as a 404 would have said."""
+        what = _EXTENSIONS[item.kind]
+        if item.kind == "artifact":
+            self._set_aside(item, NO_EXTENSION, f"backend taken not to accept {what}: {reason}")
+            return
+        self.live_logs = False
         with self._changed:
-            self._db.execute("UPDATE items SET state='dead', last_error=? WHERE id=?", (str(exc), item.id))
-            self._note_outcome(item, f"{REJECTED}: {exc}")
+            dropped = self._db.execute("DELETE FROM items WHERE kind='chunk' AND state='pending'").rowcount
+            self._db.execute("DELETE FROM failures WHERE item_id NOT IN (SELECT id FROM items)")
+            self._changed.notify_all()
+        log.error("backend taken not to have %s (%s): live logs off, %d queued chunk(s) dropped; final statuses "
+                  "carry the log", what, reason, dropped)
+
+    def _failed(self, item: Item, reason: str, *, counted: bool, local: bool) -> None:
+        """One failed attempt: counted or not, then dead (bounds reached) or tried again later."""
+        now = time.time()
+        with self._changed:
+            count = self._failure_count(item.id)
+            if counted:
+                count = count.add(now, local=local)
+            cause = count.dead_cause(self.limits, now)
+            if cause is None:
+                attempts = item.attempts + 1
+                delay = backoff(attempts, self.limits.max_backoff)
+                self._save_failure_count(item.id, count)
+                self._db.execute("UPDATE items SET attempts=?, next_attempt_at=?, last_error=? WHERE id=?",
+                                 (attempts, now + delay, reason, item.id))
+        if cause is not None:
+            described = (f"{count.counted} failed attempts over {now - (count.first_at or now):.0f} s"
+                         if cause == FAILING else f"{count.local} failures on our side")
+            self._set_aside(item, cause, f"{described}; last: {reason}")
+        elif item.attempts == 0 or (item.attempts + 1) % 10 == 0:
+            log.warning("delivery of %s for job %s failed (attempt %d, %d counted), retrying in %.1f s: %s",
+                        item.kind, item.job_execution_id, item.attempts + 1, count.counted, delay, reason)
+
+    def _failure_count(self, item_id: int) -> FailureCount:
+        row = self._db.execute("SELECT counted, local, first_at FROM failures WHERE item_id=?", (item_id,)).fetchone()
+        return FailureCount(row[0], row[1], row[2]) if row else FailureCount()
+
+    def _save_failure_count(self, item_id: int, count: FailureCount, cause: str | None = None) -> None:
+        self._db.execute("INSERT OR REPLACE INTO failures (item_id, counted, local, first_at, cause) "
+                         "VALUES (?, ?, ?, ?, ?)", (item_id, count.counted, count.local, count.first_at, cause))
+
+    def _set_aside(self, item: Item, cause: str, reason: str) -> None:
+        """Dead: kept in the database with its reason, never retried; a job whose artifact it was fails."""
+        log.error("OUTBOX ITEM SET ASIDE (dead, %s): %s of job %s: %s", cause, item.kind, item.job_execution_id,
+                  reason)
+        with self._changed:
+            self._db.execute("UPDATE items SET state='dead', last_error=? WHERE id=?", (reason, item.id))
+            self._save_failure_count(item.id, self._failure_count(item.id), cause)
+            self._note_outcome(item, f"{REJECTED}: {reason}")
             if item.kind == "artifact":
-                self._fail_queued_final_status(item, exc)
+                self._fail_queued_final_status(item, reason)
             self._changed.notify_all()
 
-    def _fail_queued_final_status(self, item: Item, exc: BackendRejected) -> None:
-        """A job whose artifact was refused must not be reported SUCCESS by a status still queued."""
+    def _fail_queued_final_status(self, item: Item, reason: str) -> None:
+        """A job whose artifact was lost must not be reported SUCCESS by a status still queued."""
         rows = self._db.execute("SELECT id, payload FROM items WHERE state='pending' AND kind='status' "
                                 "AND job_execution_id=? AND id>?", (item.job_execution_id, item.id)).fetchall()
         for row_id, payload_text in rows:
@@ -234,15 +351,5 @@ class Outbox:
             if payload.get("status") == "SUCCESS":
                 payload["status"] = "FAILED"
                 payload["logs"] = (payload.get("logs") or "") + (
-                    f"[cicd-worker] artifact {item.payload['path']} refused by the backend: {exc}\n")
+                    f"[cicd-worker] artifact {item.payload['path']} not delivered: {reason}\n")
                 self._db.execute("UPDATE items SET payload=? WHERE id=?", (json.dumps(payload), row_id))
-
-    def _retry_later(self, item: Item, exc: Exception) -> None:
-        attempts = item.attempts + 1
-        backoff = min(self._max_backoff, 0.2 * 2 ** min(attempts, 20)) * random.uniform(0.5, 1.0)
-        if attempts == 1 or attempts % 10 == 0:
-            log.warning("delivery of %s for job %s failed (attempt %d), retrying in %.1f s: %s",
-                        item.kind, item.job_execution_id, attempts, backoff, exc)
-        with self._lock:
-            self._db.execute("UPDATE items SET attempts=?, next_attempt_at=?, last_error=? WHERE id=?",
-                             (attempts, time.time() + backoff, str(exc), item.id))

@@ -23,6 +23,7 @@ Validation never stops at the first problem: every error is collected with the f
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ from worker_api.models import JobDTO
 
 _TOP_KEYS = {"name", "stages"}
 _STAGE_KEYS = {"name", "jobs"}
+_CONTROL_CATEGORIES = {"Cc", "Cs", "Zl", "Zp"}  # control characters (newlines too), separators, surrogates
+_MAX_NAME_BYTES = 200  # a folder name: most file systems stop at 255 bytes
 _JOB_KEYS = {"name", "image", "script", "needs", "allow_failure", "artifacts", "working_dir", "env", "timeout",
              "retries"}
 
@@ -178,11 +181,25 @@ class _Checker:
         return {str(k.value): str(v.value) for k, v in node.value}
 
 
+def job_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a job name, or None. A local run writes each job's artifacts to a folder named
+    after the job (``artifacts/<job>/``), so a name must be one harmless path component."""
+    if "/" in name or "\\" in name or ".." in name or name == ".":
+        return f"invalid job name {name!r}: no '/', '\\', '..' (a job name is a folder name of a local run)"
+    if any(unicodedata.category(char) in _CONTROL_CATEGORIES for char in name):
+        return f"invalid job name {name!r}: no control characters or line breaks"
+    if len(name.encode()) > _MAX_NAME_BYTES:
+        return f"invalid job name: longer than {_MAX_NAME_BYTES} bytes"
+    return None
+
+
 def _check_job(checker: _Checker, node: yaml.Node, key: str, stage: str, order: int) -> FileJob | None:
     fields = checker.mapping(node, key, _JOB_KEYS)
     if fields is None:
         return None
     name = checker.string(fields, "name", key, node)
+    if name is not None and (problem := job_name_problem(name)):
+        checker.error(fields["name"], f"{key}.name", problem)
     image = checker.string(fields, "image", key, node)
     if image is not None:
         try:

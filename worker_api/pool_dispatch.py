@@ -88,7 +88,8 @@ class PoolDispatcher:
             return record, False
         try:
             self._check_room(1)
-            params = {"job_execution": job.model_dump(mode="json", by_alias=True)}
+            # Ids only: the flow process fetches the job execution (its env) from the backend.
+            params = {"job_execution_id": str(job.id)}
             flow_run = self._run_deployment("execute-job", params, job_run_name(job), job_tags(job),
                                             f"cicd-job-{job.id}")
         except Exception:
@@ -108,7 +109,8 @@ class PoolDispatcher:
         try:
             planned = load_pipeline(get_backend(), pipeline_execution_id)
             self._check_room(len(planned.jobs))
-            params = {"pipeline_execution_id": str(pipeline_execution_id), "pipeline": planned.to_params()}
+            # Ids only: the flow process fetches and plans the run again (its jobs' env never goes to Prefect).
+            params = {"pipeline_execution_id": str(pipeline_execution_id)}
             flow_run = self._run_deployment("execute-pipeline", params, pipeline_run_name(pipeline_execution_id),
                                             ["cicd-pipeline", f"pipeline:{pipeline_execution_id}"],
                                             f"cicd-pipeline-{pipeline_execution_id}")

@@ -16,12 +16,17 @@ from pathlib import Path
 
 import httpx
 
+from worker_api.state_db import private_file
+
 
 class LocalPrefectServer:
     """A ``prefect server start`` child process on loopback."""
 
-    def __init__(self, port: int = 4200, host: str = "127.0.0.1", log_path: Path | None = None) -> None:
+    def __init__(self, port: int = 4200, host: str = "127.0.0.1", log_path: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        """``env`` is added to the server's environment (e.g. ``PREFECT_SERVER_API_AUTH_STRING``)."""
         self.host, self.port = host, port
+        self.extra_env = env or {}
         self.api_url = f"http://{host}:{port}/api"
         self.ui_url = f"http://{host}:{port}"
         self.log_path = log_path
@@ -33,9 +38,10 @@ class LocalPrefectServer:
             return
         # PREFECT_UI_API_URL: without it the UI asks :4200 for its data, whatever port the server is on.
         env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true",
-               "PREFECT_UI_API_URL": self.api_url}
+               "PREFECT_UI_API_URL": self.api_url, **self.extra_env}
         env.pop("PREFECT_API_URL", None)
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        # The log is private (0600): it may name URLs and paths of this host.
+        out = open(private_file(self.log_path), "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         prefect = Path(sys.executable).with_name("prefect")
         self._process = subprocess.Popen(
             [str(prefect), "server", "start", "--host", self.host, "--port", str(self.port)],

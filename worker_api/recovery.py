@@ -10,7 +10,6 @@ instead of being left Running. Containers and volumes with this worker's label b
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -22,24 +21,30 @@ from prefect.client.orchestration import get_client
 from prefect.states import Crashed
 
 from executors.docker_executor import LABEL_JOB, LABEL_WORKER, DockerExecutor
+from executors.errors import WorkerError
+from flows.masking import Masker, SecretScan, SecretSettings, scan_job_env
+from worker_api.backend_client import BackendClient, BackendUnavailable
 from worker_api.models import ExecutionStatus, JobStatusUpdate
 from worker_api.outbox import Outbox
+from worker_api.settings import Settings
+from worker_api.state_db import open_state_db, private_dir
 
 log = logging.getLogger(__name__)
 RESTART_NOTE = "[cicd-worker] worker restarted while the job was running: job FAILED"
 RESTART_BEFORE_START_NOTE = "[cicd-worker] worker restarted before the job started: job FAILED"
+WITHHELD_NOTE = ("[cicd-worker] the output captured from the job's container is withheld: its secrets could not "
+                 "be learnt from the backend, so it could not be masked")
 LABEL_FLOW_RUN = "cicd.flow-run-id"
+MASK_FETCH_SECONDS = 15.0  # retry window of one fetch of a cut-off job at start-up (a backend restarting)
 
 
 class InflightJobs:
     """Job executions accepted and not yet final, kept on disk across crashes."""
 
     def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(state_dir / "inflight.db", check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS inflight (job_execution_id TEXT PRIMARY KEY, "
-                         "flow_run_id TEXT, name TEXT, accepted_at REAL NOT NULL)")
+        private_dir(state_dir)
+        self._db = open_state_db(state_dir / "inflight.db", "CREATE TABLE IF NOT EXISTS inflight (job_execution_id "
+                                 "TEXT PRIMARY KEY, flow_run_id TEXT, name TEXT, accepted_at REAL NOT NULL)")
         self._lock = threading.Lock()
 
     def add(self, job_execution_id: UUID, flow_run_id: UUID | None, name: str) -> None:
@@ -56,10 +61,54 @@ class InflightJobs:
             return list(self._db.execute("SELECT job_execution_id, flow_run_id, name FROM inflight"))
 
 
+class MaskUnavailable(Exception):
+    """The secrets of a cut-off job could not be learnt, so its captured output cannot be masked."""
+
+
+class RecoveryMasks:
+    """The masker of each cut-off job, from its job execution fetched from the backend.
+
+    A job's env is never written to disk, so after a crash the only way to learn which values to mask in
+    the output captured from its container is to ask the backend (``GET /jobs/{id}``), with a short retry
+    window: start-up must not wait a minute per job. Once the backend failed to answer, later jobs are not
+    tried.
+    """
+
+    def __init__(self, backend: BackendClient, settings: SecretSettings) -> None:
+        self._backend = backend
+        self._settings = settings
+        self._down: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RecoveryMasks:
+        backend = BackendClient.from_settings(settings)
+        backend.retry_seconds = min(settings.backend_retry_seconds, MASK_FETCH_SECONDS)
+        return cls(backend, settings)
+
+    @property
+    def min_length(self) -> int:
+        return self._settings.secret_min_length
+
+    def scan(self, job_execution_id: str) -> SecretScan:
+        """What to mask in this job's output; raises :class:`MaskUnavailable` when it cannot be known."""
+        if self._down is not None:
+            raise MaskUnavailable(self._down)
+        try:
+            job = self._backend.get_job_execution(job_execution_id)
+        except BackendUnavailable as exc:
+            self._down = f"backend unavailable: {exc}"
+            raise MaskUnavailable(self._down) from exc
+        except WorkerError as exc:
+            raise MaskUnavailable(str(exc)) from exc
+        return scan_job_env(job.job.env, job.job.masked_env, self._settings)
+
+
 def recover(executor: DockerExecutor, outbox: Outbox, inflight: InflightJobs, tail_bytes: int,
-            sweep: bool = True) -> int:
+            masks: RecoveryMasks, sweep: bool = True) -> int:
     """Report and clean up what a previous life of this worker left; returns the number of jobs reported.
 
+    The output captured from a cut-off job's container is masked with ``masks`` (the job's secrets, from
+    the backend); when they cannot be learnt the output is withheld, never sent unmasked.
     ``sweep=False`` (a pool flow process, beside others on the same engine): only the jobs of this
     in-flight list; other labelled containers and volumes are left alone.
     """
@@ -68,7 +117,7 @@ def recover(executor: DockerExecutor, outbox: Outbox, inflight: InflightJobs, ta
     reported = 0
     for job_execution_id, flow_run_id, name in inflight.all():
         container = containers.pop(job_execution_id, None)
-        captured = _captured_log(container, tail_bytes) if container is not None else ""
+        captured = _masked_log(container, tail_bytes, masks, job_execution_id) if container is not None else ""
         outbox.put_status(JobStatusUpdate(job_execution_id=UUID(job_execution_id), status=ExecutionStatus.FAILED,
                                           logs=captured + (RESTART_NOTE if container else RESTART_BEFORE_START_NOTE)
                                           + "\n"))
@@ -89,12 +138,30 @@ def recover(executor: DockerExecutor, outbox: Outbox, inflight: InflightJobs, ta
     return reported
 
 
+def _masked_log(container: docker.models.containers.Container, tail_bytes: int, masks: RecoveryMasks,
+                job_execution_id: str) -> str:
+    """The output captured so far, masked like the live log; a note instead when it cannot be masked."""
+    captured = _captured_log(container, tail_bytes)
+    if not captured:
+        return ""
+    try:
+        scan = masks.scan(job_execution_id)
+    except MaskUnavailable as exc:
+        log.error("job %s: captured output withheld, its secrets are unknown: %s", job_execution_id, exc)
+        return f"{WITHHELD_NOTE} ({str(exc)[:300]})\n"
+    notes = "".join(f"[cicd-worker] {warning}\n" for warning in scan.warnings(masks.min_length))
+    return notes + Masker(scan.needles).mask(captured)
+
+
 def _captured_log(container: docker.models.containers.Container, tail_bytes: int) -> str:
     try:
         raw = container.logs(stdout=True, stderr=True)
     except docker.errors.APIError as exc:
         return f"[cicd-worker] could not read the container's log: {exc}\n"
-    text = raw[-tail_bytes:].decode("utf-8", errors="replace")
+    if len(raw) > tail_bytes:  # start at a whole line: a cut secret would not be recognised to be masked
+        raw = raw[-tail_bytes:]
+        raw = raw[raw.find(b"\n") + 1:]
+    text = raw.decode("utf-8", errors="replace")
     return text if not text or text.endswith("\n") else text + "\n"
 
 

@@ -19,7 +19,7 @@ import pytest
 from docker.models.containers import Container
 
 from executors.base import JobResult, JobSpec
-from executors.docker_executor import LABEL_JOB, LABEL_WORKER, DockerExecutor
+from executors.docker_executor import LABEL_JOB, LABEL_WORKER, SCRIPT_DIR, SCRIPT_PATH, DockerExecutor
 from executors.errors import ImageUnavailable
 from tests.conftest import WORKER_ID
 from tests.support import TEST_IMAGE, wait_for
@@ -153,13 +153,21 @@ def test_env_and_working_dir_are_honoured(executor: DockerExecutor) -> None:
 
 def test_long_line_and_last_line_without_newline_arrive_whole(executor: DockerExecutor) -> None:
     # Docker splits output into 16 KiB frames; multi-byte characters get cut at frame edges too.
-    run = Run(make_spec("yes x | head -c 140000 | tr -d '\\n'; echo",
+    run = Run(make_spec("yes x | head -c 100000 | tr -d '\\n'; echo",
                         "yes é | head -c 120000 | tr -d '\\n'; echo",
                         "printf 'last line without newline'"))
     assert run.execute(executor).outcome().succeeded
     output = [line for line in run.lines if not line.startswith("$ ")]
-    assert [len(line) for line in output[:2]] == [70000, 40000]
-    assert output == ["x" * 70000, "é" * 40000, "last line without newline"]
+    assert [len(line) for line in output[:2]] == [50000, 40000]
+    assert output == ["x" * 50000, "é" * 40000, "last line without newline"]
+
+
+def test_lines_over_the_limit_arrive_in_pieces_without_cutting_a_character(docker_client: docker.DockerClient) -> None:
+    executor = DockerExecutor(WORKER_ID, max_line_chars=1000, stop_grace_seconds=2)
+    run = Run(make_spec("yes é | head -c 7500 | tr -d '\\n'; echo", "printf 'x%.0s' $(seq 2500)"))
+    assert run.execute(executor).outcome().succeeded
+    output = [line for line in run.lines if not line.startswith("$ ")]
+    assert output == ["é" * 1000, "é" * 1000, "é" * 500, "x" * 1000, "x" * 1000, "x" * 500]
 
 
 def test_timeout_stops_the_job_with_sigterm_reaching_the_script(docker_client: docker.DockerClient) -> None:
@@ -274,3 +282,21 @@ def _until_all_done(threads: list[threading.Thread], timeout: float) -> Iterator
         assert time.monotonic() < deadline, "jobs did not finish in time"
         yield
         time.sleep(0.05)
+
+
+def test_long_script_goes_in_as_a_file_on_a_volume_removed_with_the_container(
+        executor: DockerExecutor, docker_client: docker.DockerClient) -> None:
+    # Over 100 KiB the program cannot be one argument: it is put on an anonymous volume before start.
+    filler = ": " + "x" * 60_000
+    run = Run(make_spec(filler, filler, "cat /proc/1/cmdline | tr '\\0' ' '; echo", "sleep 2"))
+    thread = run.in_thread(executor)
+    container = wait_for(running_container(docker_client, run.spec.job_execution_id), 15, what="the container")
+    container.reload()
+    volumes = [m["Name"] for m in container.attrs["Mounts"] if m["Destination"] == SCRIPT_DIR]
+    thread.join(timeout=30)
+    assert run.outcome().succeeded, run.lines[-5:]
+    assert f"/sbin/docker-init -- /bin/sh {SCRIPT_PATH} " in run.lines
+    assert len(volumes) == 1
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.volumes.get(volumes[0])
+    assert_cleaned_up(docker_client, run)

@@ -1,12 +1,14 @@
 """Scale-out on one machine: the API in pool mode, two ``prefect worker`` processes on one work pool.
 
-The session's Prefect server stands for the shared one; both workers use this machine's Docker engine and
-the session's WORKER_ID, so the session's leak check covers their containers. Pool, deployments and
-global concurrency limit get names unique to the test run and are deleted afterwards.
+A Prefect server of its own stands for the shared one, with basic auth as pool mode requires
+(``PREFECT_SERVER_API_AUTH_STRING``); every process the test starts gets ``PREFECT_API_AUTH_STRING``.
+Both workers use this machine's Docker engine and the session's WORKER_ID, so the session's leak check
+covers their containers. Pool, deployments and global concurrency limit get names unique to the test run.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -15,6 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,9 +27,11 @@ import httpx
 import pytest
 
 from tests.conftest import ARTIFACT_DIR, WORKER_ID, worker_env
-from tests.support import FINAL, REPO, Backend, WorkerProcess, statuses, wait_for
+from tests.support import FINAL, REPO, Backend, WorkerProcess, free_port, statuses, wait_for
 
 pytestmark = pytest.mark.slow
+AUTH = f"cicd:{uuid.uuid4().hex}"
+BASIC = {"Authorization": "Basic " + base64.b64encode(AUTH.encode()).decode()}
 
 LIMIT = 2  # global concurrency limit: containers at once across both workers
 JOBS = 10
@@ -66,10 +71,18 @@ class PrefectWorker:
 class ScaleOut:
     api: WorkerProcess
     workers: list[PrefectWorker]
+    prefect_api_url: str
+
+
+def _as_client(api_url: str) -> AbstractContextManager[object]:
+    """Prefect client settings of this test process pointed at the server with auth."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    return temporary_settings({PREFECT_API_URL: api_url, PREFECT_API_AUTH_STRING: AUTH})
 
 
 def _prefect_objects(pool: str, deployment: str, limit_name: str) -> None:
-    """Delete what ``deploy_all`` made (the session server may be shared through PREFECT_API_URL)."""
+    """Delete what ``deploy_all`` made."""
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
@@ -88,15 +101,30 @@ def _online(pool: str, names: set[str]) -> bool:
 
 
 @pytest.fixture(scope="module")
-def scaleout(backend: Backend, docker_client: docker.DockerClient,
+def prefect_api_url() -> Iterator[str]:
+    """A Prefect server demanding basic auth, as the multi-host set-up requires."""
+    from worker_api.prefect_server import LocalPrefectServer
+
+    server = LocalPrefectServer(port=free_port(), log_path=ARTIFACT_DIR / "prefect-server-pool.log",
+                                env={"PREFECT_SERVER_API_AUTH_STRING": AUTH})
+    server.start(timeout=240)
+    yield server.api_url
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def scaleout(backend: Backend, docker_client: docker.DockerClient, prefect_api_url: str,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScaleOut]:
     from worker_api.deploy import deploy_all
 
     tmp_path = tmp_path_factory.mktemp("scaleout")
     tag = uuid.uuid4().hex[:8]
     pool, deployment, limit_name = f"cicd-test-pool-{tag}", f"test-{tag}", f"cicd-test-containers-{tag}"
-    deploy_all(pool, deployment, limit_name, LIMIT, REPO)
-    common = worker_env(backend)  # the limit's name reaches the flow processes from the API (job variables)
+    assert httpx.post(f"{prefect_api_url}/flow_runs/count", json={}, timeout=10).status_code == 401
+    with _as_client(prefect_api_url):
+        deploy_all(pool, deployment, limit_name, LIMIT, REPO)
+    # the limit's name reaches the flow processes from the API (job variables)
+    common = {**worker_env(backend), "PREFECT_API_URL": prefect_api_url, "PREFECT_API_AUTH_STRING": AUTH}
     workers = [PrefectWorker(pool, f"w{i}-{tag}", {
         **os.environ, **common, "PREFECT_WORKER_QUERY_SECONDS": "2", "CICD_WORKER_HOME": str(REPO),
         "WORKER_ID": WORKER_ID, "WORKER_PULL_POLICY": "never", "WORKER_STATE_DIR": str(tmp_path / f"state-w{i}"),
@@ -107,13 +135,15 @@ def scaleout(backend: Backend, docker_client: docker.DockerClient,
                         ARTIFACT_DIR / "worker-pool-api.log")
     try:
         api.start()
-        wait_for(lambda: _online(pool, {w.name for w in workers}), 150, 1, "both prefect workers online")
-        yield ScaleOut(api, workers)
+        with _as_client(prefect_api_url):
+            wait_for(lambda: _online(pool, {w.name for w in workers}), 150, 1, "both prefect workers online")
+        yield ScaleOut(api, workers, prefect_api_url)
     finally:
         api.stop()
         for worker in workers:
             worker.stop()
-        _prefect_objects(pool, deployment, limit_name)
+        with _as_client(prefect_api_url):
+            _prefect_objects(pool, deployment, limit_name)
 
 
 def _watch(docker_client: docker.DockerClient, backend: Backend, run_id: str, job_ids: list[str],
@@ -144,9 +174,9 @@ def _submit(backend: Backend, api_url: str, job_ids: list[str]) -> tuple[dict[st
     return submitted, push_seconds
 
 
-def _final_flow_run(flow_run_id: str) -> dict:
+def _final_flow_run(prefect_api_url: str, flow_run_id: str) -> dict:
     def final() -> dict | None:
-        data = httpx.get(f"{os.environ['PREFECT_API_URL']}/flow_runs/{flow_run_id}", timeout=10).json()
+        data = httpx.get(f"{prefect_api_url}/flow_runs/{flow_run_id}", headers=BASIC, timeout=10).json()
         return data if data["state"]["type"] in FINAL_FLOW_STATES else None
     return wait_for(final, 30, 0.5, f"flow run {flow_run_id} final")
 
@@ -165,7 +195,8 @@ def test_ten_jobs_over_two_pool_workers_within_the_global_limit(scaleout: ScaleO
     assert {job_id: statuses(rec) for job_id, rec in records.items()} == dict.fromkeys(job_ids, ["RUNNING", "SUCCESS"])
     assert all(rec["violations"] == [] for rec in records.values())
     assert peak == LIMIT, f"peak of running containers was {peak}, global limit {LIMIT}"
-    flow_runs = {job_id: _final_flow_run(flow_run_id) for job_id, (_, flow_run_id) in submitted.items()}
+    flow_runs = {job_id: _final_flow_run(scaleout.prefect_api_url, flow_run_id)
+                 for job_id, (_, flow_run_id) in submitted.items()}
     assert {job_id: fr["state"]["type"] for job_id, fr in flow_runs.items()} == dict.fromkeys(job_ids, "COMPLETED")
     ran_on = {job_id: fr["labels"]["prefect.worker.name"] for job_id, fr in flow_runs.items()}
     assert ran_on == worker_of, "the container labels disagree with Prefect on which worker ran a job"
@@ -225,4 +256,4 @@ def test_pipeline_in_pool_mode_runs_in_dependency_order(scaleout: ScaleOut, back
         "build": ["RUNNING", "SUCCESS"], "test": ["RUNNING", "SUCCESS"], "lint": ["RUNNING", "FAILED"],
         "deploy": ["CANCELED"]}
     assert "built" in records["test"]["history"][-1]["logs"]  # the pipeline's workspace volume is shared
-    assert _final_flow_run(answer.json()["flowRunId"])["state"]["type"] == "FAILED"
+    assert _final_flow_run(scaleout.prefect_api_url, answer.json()["flowRunId"])["state"]["type"] == "FAILED"

@@ -67,7 +67,7 @@ def test_health_is_up_with_every_check(worker: WorkerProcess) -> None:
     report = httpx.get(f"{worker.url}/api/worker/health").json()
     assert report["status"] == "UP"
     assert {name: check["status"] for name, check in report["checks"].items()} == {
-        "docker": "UP", "prefect": "UP", "backend": "UP", "outbox": "UP"}
+        "docker": "UP", "prefect": "UP", "backend": "UP", "outbox": "UP", "state": "UP"}
     assert report["checks"]["outbox"]["depth"] >= 0 and "oldestAgeSeconds" in report["checks"]["outbox"]
 
 

@@ -15,12 +15,13 @@ import pytest
 from executors.errors import is_retryable
 from reference_backend.server import BackendServer
 from tests.support import TEST_IMAGE, free_port
-from worker_api.backend_client import BackendClient, BackendRejected, BackendUnavailable
+from worker_api.backend_client import BackendClient, BackendRejected, BackendRequestInvalid, BackendUnavailable
+from worker_api.http_deadline import DeadlineTransport
 from worker_api.models import ExecutionStatus, JobStatusUpdate, LogChunk
 
 
-class CountingTransport(httpx.HTTPTransport):
-    """The real HTTP transport, counting the requests it sends (to see retries)."""
+class CountingTransport(DeadlineTransport):
+    """The client's real HTTP transport, counting the requests it sends (to see retries)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -278,3 +279,42 @@ def test_connection_refused_is_retried_then_unavailable() -> None:
     assert time.monotonic() - began < 5
     assert transport.requests >= 2
     assert "ConnectError" in str(exc.value)
+
+
+def test_awkward_file_names_arrive_as_named(server: BackendServer, client: BackendClient) -> None:
+    # Quotes, CR/LF and ';' would break a plain filename="..."; these go as filename*=UTF-8''<pct>.
+    execution_id = one_job(server)
+    names = {'q"uote;x\r\n.txt': 'q"uote;x\r\n.txt', "déjà/中.txt": "déjà/中.txt", "50%.txt": "50%.txt",
+             "plain/a b.txt": "plain/a b.txt", b"bad\xffname": "bad%FFname"}
+    for sent in names:
+        client.upload_artifact(execution_id, sent, b"x")
+    assert sorted(a["name"] for a in report(server, execution_id)["artifacts"]) == sorted(names.values())
+
+
+def test_upload_streams_a_file_and_a_missing_file_is_our_error(server: BackendServer, client: BackendClient,
+                                                             tmp_path: Path) -> None:
+    execution_id = one_job(server)
+    content = bytes(range(256)) * 8192  # 2 MiB, sent in blocks from disk
+    (tmp_path / "big.bin").write_bytes(content)
+    client.upload_artifact(execution_id, "big.bin", tmp_path / "big.bin")
+    stored = httpx.get(f"{server.url}/admin/job-executions/{execution_id}/artifacts/big.bin")
+    assert stored.content == content
+    with pytest.raises(BackendRequestInvalid) as exc:
+        client.upload_artifact(execution_id, "gone.bin", tmp_path / "gone.bin")
+    assert "FileNotFoundError" in str(exc.value) and not is_retryable(exc.value)
+
+
+def test_only_2xx_is_success(server: BackendServer, admin: httpx.Client) -> None:
+    execution_id = one_job(server)
+    admin.post("/faults", json={"answers": {"/api/job/status": 302}}).raise_for_status()
+    transport = CountingTransport()
+    backend = BackendClient(server.api_url, retry_seconds=1, transport=transport)
+    try:
+        with pytest.raises(BackendUnavailable) as exc:
+            backend.update_job_status(JobStatusUpdate(job_execution_id=uuid.UUID(execution_id),
+                                                      status=ExecutionStatus.RUNNING))
+    finally:
+        backend.close()
+    assert "HTTP 302 to /login (not followed)" in str(exc.value) and exc.value.status_code == 302
+    assert transport.requests >= 2  # retried, never followed
+    assert report(server, execution_id)["history"] == []

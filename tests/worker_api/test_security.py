@@ -26,6 +26,10 @@ def test_job_containers_are_hardened(backend: Backend, worker: WorkerProcess, do
         assert host["NetworkMode"] == "none"
         assert host["PidsLimit"] == 1024 and host["Memory"] == 4 * 1024**3
         assert host["Init"] is True
+        assert {"NET_RAW", "MKNOD", "AUDIT_WRITE", "SETFCAP"} <= set(host["CapDrop"] or []), host["CapDrop"]
+        assert not host["CapAdd"]
+        assert host["NanoCpus"] == int(min(2.0, docker_client.info()["NCPU"]) * 1e9)  # WORKER_CONTAINER_CPUS=2
+        assert host["ReadonlyRootfs"] is False  # opt-in: WORKER_READ_ONLY_ROOTFS
         mounts = [m.get("Source", "") + m.get("Name", "") for m in container.attrs["Mounts"]]
         assert not any("docker.sock" in m for m in mounts) and len(mounts) == 1  # only the workspace volume
     finally:
