@@ -36,11 +36,11 @@ lint: $(STAMP)
 
 ## lint, type-check and run the whole suite (real engine, real Prefect server, reference backend)
 test: setup chromium lint
-	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 bench: setup
-	$(BIN)/python bench/job_latency.py
-	$(BIN)/python bench/planning.py
+	$(BIN)/python -m bench.job_latency
+	$(BIN)/python -m bench.planning
 
 clean:
 	rm -rf $(VENV) test-artifacts .pytest_cache .mypy_cache .ruff_cache

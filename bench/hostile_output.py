@@ -19,33 +19,19 @@ the worker process's CPU seconds (user + system from ``/proc/PID/stat``) over th
 growth (``VmHWM`` of ``/proc/PID/status``, reset before each run by writing 5 to ``/proc/PID/clear_refs``)
 and the load average. Targets: worker wall time at most 1.3x the baseline's, memory growth at most
 50 MiB; each line says PASS or MISS. The set-up (Prefect server, reference backend as a child process,
-``cicd-worker serve`` child process, clean-up by label) is ``bench.logs.environment``.
+``cicd-worker serve`` child process, clean-up by label) is ``bench.harness.environment``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.logs import (
-    FINAL,
-    IMAGE,
-    LABEL_BENCH,
-    BackendDB,
-    Setup,
-    cpu_seconds,
-    environment,
-    flow_run_done,
-    proc_status,
-    versions,
-    wait_until,
-)
+from bench import harness
+from bench.readings import cpu_seconds, proc_status
 
 MAX_RATIO, MAX_GROWTH_MIB = 1.3, 50.0
 _FILL = ("(mkdir junk && cd junk && for d in 0 1 2 3 4 5; do mkdir $d; (cd $d && seq 50000 | xargs touch) & done;"
@@ -79,50 +65,42 @@ class Sample:
     growth_mib: float = 0.0
 
 
-def worker_run(setup: Setup, db: BackendDB, scenario: Scenario, timeout: float) -> Sample:
+def worker_run(setup: harness.Setup, db: harness.BackendDB, scenario: Scenario, timeout: float) -> Sample:
     """POST the job to the worker; wait for its final status and its flow run's end."""
-    spec = {"name": f"hostile-{scenario.name}", "jobs": [
-        {"name": "job", "dockerImage": IMAGE, "script": list(scenario.script), "artifacts": list(scenario.artifacts)}]}
-    created = setup.backend.post("/admin/pipeline-runs", json=spec)
-    created.raise_for_status()
-    job_id = created.json()["jobs"]["job"]
-    dto = setup.backend.get(f"/api/jobs/{job_id}")
-    dto.raise_for_status()
+    job_id, dto = harness.new_job(setup, f"hostile-{scenario.name}", "job", scenario.script,
+                                  artifacts=list(scenario.artifacts))
     pid = setup.worker_pid
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS, so the peak is this run's
     hwm_before, cpu_before = proc_status(pid, "VmHWM"), cpu_seconds(pid)
     start = time.perf_counter()
-    answer = setup.worker.post("/api/job/execute", json=dto.json())
+    answer = setup.worker.post("/api/job/execute", json=dto)
     if answer.status_code != 202:
         raise RuntimeError(f"worker answered {answer.status_code}: {answer.text}")
-    wait_until(lambda: db.status(job_id) in FINAL, timeout, 0.1, f"the final status of job {job_id}")
+    harness.wait_for(lambda: db.status(job_id) in harness.FINAL, timeout, 0.1, f"the final status of job {job_id}")
     wall = time.perf_counter() - start
     flow_run_id = answer.json()["flowRunId"]
-    wait_until(lambda: flow_run_done(setup, flow_run_id), 120, 0.1, f"the end of flow run {flow_run_id}")
+    harness.wait_for(lambda: harness.flow_run_done(setup, flow_run_id), 120, 0.1, f"the end of flow run {flow_run_id}")
     sample = Sample(wall, cpu_seconds(pid) - cpu_before, (proc_status(pid, "VmHWM") - hwm_before) / 1024)
     _check(setup, db, job_id, scenario)
     return sample
 
 
-def _check(setup: Setup, db: BackendDB, job_id: str, scenario: Scenario) -> None:
+def _check(setup: harness.Setup, db: harness.BackendDB, job_id: str, scenario: Scenario) -> None:
     history = [h["status"] for h in db.history(job_id)]
     if history != ["RUNNING", "SUCCESS"]:
         raise RuntimeError(f"job {job_id} history {history}; see {setup.workdir / 'worker.log'}")
-    report = setup.backend.get(f"/admin/job-executions/{job_id}", timeout=120).json()
+    report = setup.backend.http.get(f"/admin/job-executions/{job_id}", timeout=120).json()
     names = tuple(a["name"] for a in report["artifacts"])
     if names != scenario.expect_artifacts:
         raise RuntimeError(f"job {job_id} artifacts {names}, expected {scenario.expect_artifacts}")
 
 
-def docker_run(setup: Setup, scenario: Scenario, timeout: float) -> Sample:
+def docker_run(setup: harness.Setup, scenario: Scenario, timeout: float) -> Sample:
     """Wall time of the plain ``docker run`` CLI, its output thrown away."""
-    command = ["docker", "run", "--rm", "--network", "none", "--label", f"{LABEL_BENCH}={setup.bench_id}",
-               "--workdir", "/workspace", IMAGE, "sh", "-ec", "\n".join(scenario.script)]
-    start = time.perf_counter()
-    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout)
-    if done.returncode != 0:
-        raise RuntimeError(f"docker run failed ({done.returncode}): {done.stderr.decode(errors='replace')[-2000:]}")
-    return Sample(time.perf_counter() - start)
+    command = harness.docker_run_command("sh", "-ec", "\n".join(scenario.script),
+                                         labels={harness.LABEL_BENCH: setup.worker_id},
+                                         options=("--workdir", "/workspace"))
+    return Sample(harness.timed_run(command, timeout)[1])
 
 
 def report(name: str, worker: list[Sample], docker: list[Sample]) -> bool:
@@ -145,18 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1, help="measured pairs of each scenario (default 1)")
     parser.add_argument("--only", action="append", choices=[s.name for s in SCENARIOS], help="run only these")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds one run may take")
-    parser.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra environment of the worker process (repeatable)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, backend.db)")
-    args = parser.parse_args(argv)
-    if any("=" not in item for item in args.worker_env):
-        parser.error("--worker-env takes KEY=VALUE")
-    args.backend = "subprocess"  # bench.logs.environment reads it
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the set-up is torn down
-    print(versions(), flush=True)
+    harness.common_options(parser, worker_env=True)
+    args = harness.parse(parser, argv)
+    harness.prologue()
     results = []
-    with environment(args) as setup:
-        db = BackendDB(setup.db_path)
+    with harness.environment("hostile", keep=args.keep, worker_env=args.worker_env) as setup:
+        db = harness.BackendDB(setup.db_path)
         try:
             docker_run(setup, Scenario("warm-up", ("true",)), args.timeout)
             worker_run(setup, db, Scenario("warm-up", ("true",)), args.timeout)

@@ -1,11 +1,12 @@
 """Latency of one trivial job through a real worker, against plain ``docker run`` measured in the same run.
 
-Run from the repository root: ``.venv/bin/python bench/job_latency.py [--runs N]``. Target: the worker's
+Run from the repository root: ``.venv/bin/python -m bench.job_latency [--runs N]``. Target: the worker's
 median latency is at most 1.5x the median of ``docker run --rm --network none cicd-busybox:latest true``.
 
-Set-up, all torn down at the end: a Prefect server on a free port with a temporary ``PREFECT_HOME`` (or
-the server at ``PREFECT_API_URL`` when that is set), the reference backend in this process, and a real
-``cicd-worker serve`` child process with ``WORKER_PULL_POLICY=never``.
+Set-up, all torn down at the end (``bench.harness.environment``): a Prefect server on a free port with a
+temporary ``PREFECT_HOME`` (or the server at ``PREFECT_API_URL`` when that is set), the reference backend in
+this process, a real ``cicd-worker serve`` child process with ``WORKER_PULL_POLICY=never`` and a ``docker
+events`` stream.
 
 One worker run: create a one-job pipeline run (script ``["true"]``) in the backend, fetch its
 JobExecutionDTO with ``GET /api/jobs/{id}``, POST it straight to the worker's ``/api/job/execute`` (so the
@@ -24,7 +25,7 @@ counted.
 Breakdown: for the median worker run, a timeline built from what was recorded on this host's clock by the
 backend (``receivedAt``, and the worker's own ``startTime``/``completionTime`` carried by the statuses), the
 worker (``acceptedAt`` of ``GET /api/job/{id}``), the Prefect server (flow and task run timestamps) and the
-Docker engine (container events, streamed by ``docker events`` during the runs), next to the median of each
+Docker engine (container events, from the ``docker events`` stream), next to the median of each
 milestone over all runs; then the phases of both kinds of run side by side (a baseline run's container is
 the one unlabelled container of the image created while its CLI ran).
 
@@ -38,36 +39,19 @@ import argparse
 import contextlib
 import json
 import os
-import platform
-import shutil
-import signal
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
+from bench import harness
+from bench.readings import epoch, fmt, p90
 
-from reference_backend.server import BackendServer  # noqa: E402
-from tests.support import WorkerProcess, free_port  # noqa: E402
-from worker_api.prefect_server import LocalPrefectServer  # noqa: E402
-
-IMAGE = os.environ.get("CICD_TEST_IMAGE", "cicd-busybox:latest")
-DOCKER_RUN = ["docker", "run", "--rm", "--network", "none", IMAGE, "true"]
+DOCKER_RUN = harness.docker_run_command("true")
 TARGET_RATIO = 1.5
 WARMUP = 2
-FINAL = {"SUCCESS", "FAILED", "CANCELED"}
-PREFECT_DONE = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 RUN_TIMEOUT_SECONDS = 60.0
 
 
@@ -86,69 +70,16 @@ class WorkerSample:
     marks: dict[str, float | None] = field(default_factory=dict)  # milestone -> ms after ``sent``
 
 
-@dataclass
-class Setup:
-    """The running parts a measurement needs."""
-
-    backend: httpx.Client
-    worker: httpx.Client
-    prefect: httpx.Client
-    worker_id: str
-    workdir: Path
-
-
-def epoch(text: str | None) -> float | None:
-    """ISO text (naive = UTC, as the reference backend writes it) as epoch seconds."""
-    if not text:
-        return None
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
 def ms_after(start: float, moment: float | None) -> float | None:
     return None if moment is None else (moment - start) * 1000.0
-
-
-def p90(values: list[float]) -> float:
-    return statistics.quantiles(values, n=10, method="inclusive")[8]
-
-
-def wait_until(probe: Callable[[], Any], interval: float, what: str) -> Any:
-    deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {RUN_TIMEOUT_SECONDS:g} s waiting for {what}")
 
 
 # -- one run of each kind ---------------------------------------------------------------------------------
 
 
-def new_job(setup: Setup, index: int) -> tuple[str, dict[str, Any]]:
-    """A fresh one-job pipeline run in the backend; its job execution id and JobExecutionDTO."""
-    spec = {"name": f"latency-{index}", "jobs": [{"name": "noop", "dockerImage": IMAGE, "script": ["true"]}]}
-    created = setup.backend.post("/admin/pipeline-runs", json=spec)
-    created.raise_for_status()
-    job_id = created.json()["jobs"]["noop"]
-    dto = setup.backend.get(f"/api/jobs/{job_id}")
-    dto.raise_for_status()
-    return job_id, dto.json()
-
-
-def flow_run_done(setup: Setup, flow_run_id: str) -> bool:
-    answer = setup.prefect.get(f"/flow_runs/{flow_run_id}")
-    answer.raise_for_status()
-    state = answer.json().get("state") or {}
-    return state.get("type") in PREFECT_DONE
-
-
-def worker_run(setup: Setup, index: int, poll: float) -> WorkerSample:
+def worker_run(setup: harness.Setup, index: int, poll: float) -> WorkerSample:
     """POST one job to the worker, wait for its final status at the backend and for its flow run's end."""
-    job_id, dto = new_job(setup, index)
+    job_id, dto = harness.new_job(setup, f"latency-{index}")
     sent, start = time.time(), time.perf_counter()
     answer = setup.worker.post("/api/job/execute", json=dto)
     ack = time.perf_counter()
@@ -156,15 +87,16 @@ def worker_run(setup: Setup, index: int, poll: float) -> WorkerSample:
         raise RuntimeError(f"worker answered {answer.status_code}: {answer.text}")
 
     def final() -> dict[str, Any] | None:
-        record = setup.backend.get(f"/admin/job-executions/{job_id}").json()
-        return record if record["status"] in FINAL else None
+        record = setup.backend.job(job_id)
+        return record if record["status"] in harness.FINAL else None
 
-    record = wait_until(final, poll, f"the final status of job {job_id}")
+    record = harness.wait_for(final, RUN_TIMEOUT_SECONDS, poll, f"the final status of job {job_id}")
     seen = time.perf_counter()
     if record["status"] != "SUCCESS" or record["violations"]:
         raise RuntimeError(f"job {job_id} ended {record['status']}: {json.dumps(record)[:2000]}")
     flow_run_id = answer.json()["flowRunId"]
-    wait_until(lambda: flow_run_done(setup, flow_run_id), poll, f"the end of flow run {flow_run_id}")
+    harness.wait_for(lambda: harness.flow_run_done(setup, flow_run_id), RUN_TIMEOUT_SECONDS, poll,
+                     f"the end of flow run {flow_run_id}")
     view = setup.worker.get(f"/api/job/{job_id}").json()
     received = epoch(record["history"][-1]["receivedAt"])
     assert received is not None
@@ -183,12 +115,8 @@ class DockerSample:
 
 def docker_run() -> DockerSample:
     """Wall time of the plain ``docker run`` CLI."""
-    sent, start = time.time(), time.perf_counter()
-    done = subprocess.run(DOCKER_RUN, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
-    elapsed = (time.perf_counter() - start) * 1000
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(DOCKER_RUN)} exited {done.returncode}: {done.stderr.decode(errors='replace')}")
-    return DockerSample(sent, elapsed)
+    sent, wall = harness.timed_run(DOCKER_RUN, 60)
+    return DockerSample(sent, wall * 1000)
 
 
 # -- breakdown ----------------------------------------------------------------------------------------------
@@ -196,44 +124,7 @@ def docker_run() -> DockerSample:
 CONTAINER_ACTIONS = ("create", "attach", "start", "die", "destroy")
 
 
-class EventRecorder:
-    """``docker events`` streamed to a file while the bench runs.
-
-    Streamed live rather than asked for afterwards with ``--since``: the engine keeps only its last 256
-    events for such queries, fewer than one measurement (and other users of the engine) produces.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._out = open(path, "wb")  # noqa: SIM115 - closed by stop()
-        self._process = subprocess.Popen(["docker", "events", "--filter", "type=container", "--format", "{{json .}}"],
-                                         stdout=self._out, stderr=subprocess.DEVNULL)
-
-    def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(5)
-        self._out.close()
-
-    def containers(self) -> list[dict[str, Any]]:
-        """Per container: first time (epoch) of each action, and its attributes (labels, image)."""
-        time.sleep(0.5)  # let the last events of the last run reach the file
-        self.stop()
-        containers: dict[str, dict[str, Any]] = {}
-        for line in self.path.read_text().splitlines():
-            with contextlib.suppress(ValueError, KeyError):
-                event = json.loads(line)
-                actor = event.get("Actor") or {}
-                entry = containers.setdefault(actor["ID"], {"attributes": actor.get("Attributes") or {}})
-                entry.setdefault(event.get("Action", ""), event["timeNano"] / 1e9)
-        return list(containers.values())
-
-
-def prefect_times(setup: Setup, flow_run_id: str) -> dict[str, float | None]:
+def prefect_times(setup: harness.Setup, flow_run_id: str) -> dict[str, float | None]:
     """Epoch times the Prefect server holds for the flow run and its (single) task run."""
     flow_run = setup.prefect.get(f"/flow_runs/{flow_run_id}").json()
     tasks = setup.prefect.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).json()
@@ -265,7 +156,7 @@ MILESTONES = [  # key, label
 OFF_PATH = ("ack", "seen", "flow end")  # printed in the timeline but not part of the chain of steps
 
 
-def fill_marks(setup: Setup, sample: WorkerSample, containers: list[dict[str, Any]]) -> None:
+def fill_marks(setup: harness.Setup, sample: WorkerSample, containers: list[dict[str, Any]]) -> None:
     """Every milestone of one run as ms after the POST was sent (None when unknown)."""
     running = next((h for h in sample.history if h["status"] == "RUNNING"), {})
     last = sample.history[-1]
@@ -278,7 +169,7 @@ def fill_marks(setup: Setup, sample: WorkerSample, containers: list[dict[str, An
     }
     with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, IndexError):
         times.update(prefect_times(setup, sample.flow_run_id))
-    container = next((c for c in containers if c["attributes"].get("cicd.job-execution-id") == sample.job_id), {})
+    container = next((c for c in containers if c["attributes"].get(harness.LABEL_JOB) == sample.job_id), {})
     times.update({action: container.get(action) for action in CONTAINER_ACTIONS})
     sample.marks = {key: ms_after(sample.sent, value) for key, value in times.items()}
     sample.marks["ack"], sample.marks["seen"] = sample.ack_ms, sample.seen_ms
@@ -286,18 +177,14 @@ def fill_marks(setup: Setup, sample: WorkerSample, containers: list[dict[str, An
 
 def fill_docker_marks(samples: list[DockerSample], containers: list[dict[str, Any]]) -> None:
     """Container events of each baseline run: the one unlabelled container of the image created meanwhile."""
-    plain = [c for c in containers if "cicd.worker-id" not in c["attributes"]
-             and c["attributes"].get("image") == IMAGE and "create" in c]
+    plain = [c for c in containers if harness.LABEL_WORKER not in c["attributes"]
+             and c["attributes"].get("image") == harness.IMAGE and "create" in c]
     for sample in samples:
         end = sample.sent + sample.ms / 1000
         inside = [c for c in plain if sample.sent <= c["create"] <= end]
         if len(inside) == 1:
             sample.marks = {a: ms_after(sample.sent, inside[0].get(a)) for a in CONTAINER_ACTIONS}
         sample.marks["exit"] = sample.ms
-
-
-def fmt(value: float | None, width: int = 9) -> str:
-    return f"{value:{width}.1f}" if value is not None else f"{'n/a':>{width}}"
 
 
 def median_of(samples: list[Any], key: str) -> float | None:
@@ -348,65 +235,10 @@ def print_phases(samples: list[WorkerSample], baseline: list[DockerSample]) -> N
           f"{fmt(phase(baseline, 'create', 'destroy'), 11)}")
 
 
-# -- set-up ------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def environment(keep: bool) -> Iterator[Setup]:
-    """Prefect server, reference backend and worker process; everything stopped and removed afterwards."""
-    workdir = Path(tempfile.mkdtemp(prefix="cicd-bench-"))
-    worker_id = f"bench-worker-{uuid.uuid4().hex[:8]}"
-    env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "WORKER_PULL_POLICY": "never", "WORKER_ID": worker_id,
-           "WORKER_STATE_DIR": str(workdir / "state")}
-    with contextlib.ExitStack() as stack:
-        stack.callback(_cleanup, workdir, worker_id, keep)
-        api_url = os.environ.get("PREFECT_API_URL")
-        if not api_url:
-            env["PREFECT_HOME"] = str(workdir / "prefect-home")
-            os.environ.update(PREFECT_HOME=env["PREFECT_HOME"], PREFECT_SERVER_ANALYTICS_ENABLED="false")
-            server = LocalPrefectServer(port=free_port(), log_path=workdir / "prefect-server.log")
-            stack.callback(server.stop)
-            print(f"starting a Prefect server on port {server.port} (PREFECT_HOME {env['PREFECT_HOME']}) ...",
-                  flush=True)
-            server.start(timeout=240)
-            api_url = server.api_url
-        else:
-            print(f"using the Prefect server at PREFECT_API_URL={api_url}", flush=True)
-        env["PREFECT_API_URL"] = api_url
-        backend = stack.enter_context(BackendServer(workdir / "backend"))
-        env["WORKER_BACKEND_URL"] = backend.api_url
-        worker = WorkerProcess(env, workdir / "worker.log")
-        stack.callback(worker.stop)
-        worker.start(timeout=120)
-        backend_http, worker_http, prefect_http = (stack.enter_context(httpx.Client(base_url=url, timeout=30))
-                                                   for url in (backend.url, worker.url, api_url))
-        yield Setup(backend_http, worker_http, prefect_http, worker_id=worker_id, workdir=workdir)
-
-
-def _cleanup(workdir: Path, worker_id: str, keep: bool) -> None:
-    leftovers = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=cicd.worker-id={worker_id}"],
-                               capture_output=True, text=True).stdout.split()
-    if leftovers:
-        print(f"WARNING: the worker left {len(leftovers)} container(s) behind ({' '.join(leftovers)}); "
-              "removed now, worker log kept", flush=True)
-        subprocess.run(["docker", "rm", "-f", *leftovers], capture_output=True)
-    if keep or leftovers:
-        print(f"kept {workdir} (worker.log, prefect-server.log, backend/)")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def versions() -> str:
-    docker_version = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
-                                    capture_output=True, text=True).stdout.strip() or "?"
-    return (f"python {platform.python_version()}, prefect {metadata.version('prefect')}, "
-            f"docker engine {docker_version}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
-
-
 # -- main ----------------------------------------------------------------------------------------------------
 
 
-def measure(setup: Setup, runs: int, poll: float) -> tuple[list[WorkerSample], list[DockerSample]]:
+def measure(setup: harness.Setup, runs: int, poll: float) -> tuple[list[WorkerSample], list[DockerSample]]:
     """Warm-ups, then ``runs`` interleaved pairs (alternating which goes first)."""
     for index in range(WARMUP):
         worker_run(setup, -1 - index, poll)
@@ -428,21 +260,21 @@ def print_figures(samples: list[WorkerSample], baseline: list[DockerSample]) -> 
     """Medians, p90s and the ratio; returns the ratio of the medians."""
     worker_ms, docker_ms = [s.latency_ms for s in samples], [b.ms for b in baseline]
     ratio = statistics.median(worker_ms) / statistics.median(docker_ms)
-    print(f"\njob latency, script [\"true\"], image {IMAGE}, {len(samples)} runs each (ms)"
+    print(f"\njob latency, script [\"true\"], image {harness.IMAGE}, {len(samples)} runs each (ms)"
           f"{'median':>11} {'p90':>9} {'min':>9} {'max':>9}")
     rows = [("worker: POST execute -> final status received", worker_ms),
             ("docker run --rm --network none ... true", docker_ms),
             ("(worker: final status first seen by polling)", [s.seen_ms for s in samples]),
             ("(worker: POST answered 202)", [s.ack_ms for s in samples])]
     for label, values in rows:
-        print(f"  {label:<61}{statistics.median(values):9.1f} {p90(values):9.1f} "
+        print(f"  {label:<61}{statistics.median(values):9.1f} {fmt(p90(values))} "
               f"{min(values):9.1f} {max(values):9.1f}")
-    print(f"  ratio worker/docker: median {ratio:.2f}x, p90 {p90(worker_ms) / p90(docker_ms):.2f}x "
+    print(f"  ratio worker/docker: median {ratio:.2f}x, p90 {(p90(worker_ms) or 0.0) / (p90(docker_ms) or 1.0):.2f}x "
           f"(target: median ratio <= {TARGET_RATIO}x)")
     return ratio
 
 
-def report(setup: Setup, samples: list[WorkerSample], baseline: list[DockerSample],
+def report(setup: harness.Setup, samples: list[WorkerSample], baseline: list[DockerSample],
            containers: list[dict[str, Any]]) -> bool:
     """Print the figures and the breakdown and the verdict; True when the ratio meets the target."""
     ratio = print_figures(samples, baseline)
@@ -468,20 +300,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=20, help="measured runs of each kind (default 20, min 2)")
     parser.add_argument("--poll-ms", type=float, default=20.0,
                         help="how often the backend is polled for the end of a run (not part of the figure)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir with the worker and Prefect logs")
-    args = parser.parse_args(argv)
+    harness.common_options(parser)
+    args = harness.parse(parser, argv)
     if args.runs < 2:
         parser.error("--runs must be at least 2")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the set-up is torn down
-    print(versions(), flush=True)
-    with environment(args.keep) as setup:
-        recorder = EventRecorder(setup.workdir / "docker-events.jsonl")
-        try:
-            samples, baseline = measure(setup, args.runs, args.poll_ms / 1000)
-            containers = recorder.containers()
-        finally:
-            recorder.stop()
-        ok = report(setup, samples, baseline, containers)
+    harness.prologue()
+    with harness.environment("latency", keep=args.keep, backend_in_process=True) as setup:
+        samples, baseline = measure(setup, args.runs, args.poll_ms / 1000)
+        ok = report(setup, samples, baseline, setup.events.containers())
     return 0 if ok else 1
 
 

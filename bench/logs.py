@@ -1,6 +1,6 @@
 """A job printing 50 MB of lines through a real worker, against plain ``docker run`` measured in the same run.
 
-Run from the repository root: ``.venv/bin/python bench/logs.py [--runs N]``. No pass/fail target: it
+Run from the repository root: ``.venv/bin/python -m bench.logs [--runs N] [--lines N]``. No pass/fail target: it
 prints the figures, the ratio to the baseline and a breakdown, and fails only when a log arrives
 incomplete (or a run fails).
 
@@ -8,12 +8,13 @@ The job (image ``cicd-busybox:latest``), 1,000,000 lines of 50 bytes + newline (
 
     seq -w 1 1000000 | sed 's/.*/line & of the fifty megabyte log, padded..../'
 
-Set-up, all torn down at the end: a Prefect server on a free port with a temporary ``PREFECT_HOME`` and
-``PREFECT_SERVER_ANALYTICS_ENABLED=false`` (or the server at ``PREFECT_API_URL`` when that is set); the
-reference backend as a child process, ``python -m reference_backend`` (so that receiving 50 MB of chunks
-costs neither memory nor CPU in this process; ``--backend in-process`` runs ``BackendServer`` here
-instead); a real ``cicd-worker serve`` child process with ``WORKER_PULL_POLICY=never`` and the worker's
-default log settings (``--worker-env KEY=VALUE`` overrides one); a ``docker events`` stream.
+Set-up, all torn down at the end (``bench.harness.environment``): a Prefect server on a free port with a
+temporary ``PREFECT_HOME`` and ``PREFECT_SERVER_ANALYTICS_ENABLED=false`` (or the server at
+``PREFECT_API_URL`` when that is set); the reference backend as a child process, ``python -m
+reference_backend`` (so that receiving 50 MB of chunks costs neither memory nor CPU in this process;
+``--backend in-process`` runs ``BackendServer`` here instead); a real ``cicd-worker serve`` child process with
+``WORKER_PULL_POLICY=never`` and the worker's default log settings (``--worker-env KEY=VALUE`` overrides one);
+a ``docker events`` stream.
 
 One worker run: create a one-job pipeline run in the backend, fetch its JobExecutionDTO with
 ``GET /api/jobs/{id}``, POST it straight to the worker's ``/api/job/execute`` (the backend's own push is
@@ -58,49 +59,27 @@ included). Saved as DIR/worker-gil.folded and DIR/worker-wall.folded (collapsed 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import hashlib
-import json
 import os
-import platform
 import re
 import shlex
-import shutil
-import signal
-import socket
-import sqlite3
 import statistics
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 import uuid
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
+from bench import harness, readings
+from bench.profiling import PROFILE_MODES, start_py_spy, stop_py_spy, summarise_gil, summarise_wall
+from bench.readings import LIFECYCLE, Monitor, epoch, median, proc_status
+from flows.job_log import WORKER_PREFIX  # stdlib-only module: prefect is not imported here
 
-from flows.job_log import WORKER_PREFIX  # noqa: E402 - stdlib-only module: prefect is not imported here
-from tests.support import WorkerProcess, free_port  # noqa: E402
-from worker_api.prefect_server import LocalPrefectServer  # noqa: E402
-
-IMAGE = os.environ.get("CICD_TEST_IMAGE", "cicd-busybox:latest")
-FINAL = {"SUCCESS", "FAILED", "CANCELED"}
-PREFECT_DONE = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-LABEL_JOB = "cicd.job-execution-id"
-LABEL_WORKER = "cicd.worker-id"
-LABEL_BENCH = "cicd.bench"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MB = 1_000_000
-MIB = 1024 * 1024
+fmt = functools.partial(readings.fmt, digits=2)
 
 
 def job_command(lines: int) -> str:
@@ -109,359 +88,6 @@ def job_command(lines: int) -> str:
 
 def job_line(number: int, lines: int) -> str:
     return f"line {number:0{len(str(lines))}d} of the fifty megabyte log, padded...."
-
-
-# -- small helpers ------------------------------------------------------------------------------------------
-
-
-def epoch(text: str | None) -> float | None:
-    """ISO text (naive = UTC, as the reference backend writes it) as epoch seconds."""
-    if not text:
-        return None
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
-def median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-def fmt(value: float | None, width: int = 9, digits: int = 2) -> str:
-    return f"{value:{width}.{digits}f}" if value is not None else f"{'n/a':>{width}}"
-
-
-def wait_until(probe: Callable[[], Any], timeout: float, interval: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
-
-
-def proc_status(pid: int, key: str) -> int:
-    """A number of ``/proc/PID/status``: VmHWM and VmRSS (in KiB), Threads."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {key} in /proc/{pid}/status")
-
-
-def _stat_fields(path: str) -> list[str]:
-    text = Path(path).read_text()
-    return text[text.rindex(")") + 2:].split()  # fields from 3 (state) on; comm may hold spaces
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (its threads included), in seconds."""
-    fields = _stat_fields(f"/proc/{pid}/stat")
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def session_cpu_seconds(sid: int) -> float:
-    """User + system CPU of every live process of a session (a server and the children it started)."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = _stat_fields(f"/proc/{entry.name}/stat")
-            if int(fields[3]) == sid:
-                total += (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return total
-
-
-class Sampler:
-    """Samples a process's VmRSS (KiB) every ``interval`` seconds on a thread, keeping the maximum."""
-
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
-        self.pid, self.interval = pid, interval
-        self.peak_kib = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _loop(self) -> None:
-        while True:
-            with contextlib.suppress(OSError, RuntimeError):
-                self.peak_kib = max(self.peak_kib, proc_status(self.pid, "VmRSS"))
-            if self._stop.wait(self.interval):
-                return
-
-
-# -- docker events ------------------------------------------------------------------------------------------
-
-
-class EngineEvents:
-    """A ``docker events`` child process streamed for the whole session (container lifecycle only).
-
-    The stream is restarted from the last event seen when it ends (an engine restart by someone else ends
-    it), and a run whose container is missing from the stream is looked up with a bounded
-    ``docker events --since --until`` query.
-    """
-
-    ACTIONS = ("create", "start", "die", "destroy")
-
-    def __init__(self) -> None:
-        self._events: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._process: subprocess.Popen[str] | None = None
-        self._reader: threading.Thread | None = None
-        self._stopping = threading.Event()
-        self._since = time.time()
-
-    def _filters(self) -> list[str]:
-        return ["--filter", "type=container",
-                *[arg for action in self.ACTIONS for arg in ("--filter", f"event={action}")],
-                "--format", "{{json .}}"]
-
-    def start(self) -> EngineEvents:
-        self._reader = threading.Thread(target=self._read, name="docker-events", daemon=True)
-        self._reader.start()
-        return self
-
-    def _read(self) -> None:
-        while True:
-            with self._lock:  # stop() sets the flag under the lock: no stream is started after it
-                if self._stopping.is_set():
-                    return
-                process = self._process = subprocess.Popen(
-                    ["docker", "events", "--since", f"{self._since:.6f}", *self._filters()],
-                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-            assert process.stdout is not None
-            for line in process.stdout:
-                with contextlib.suppress(ValueError, KeyError):
-                    event = json.loads(line)
-                    with self._lock:
-                        self._events.append(event)
-                    self._since = max(self._since, event["timeNano"] / 1e9)
-            process.wait()
-            self._stopping.wait(0.5)
-
-    def stop(self) -> None:
-        with self._lock:
-            self._stopping.set()
-            process = self._process
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
-        if self._reader is not None:
-            self._reader.join(5)
-
-    def container(self, label: str, value: str, since: float) -> dict[str, float]:
-        """Epoch seconds of each lifecycle action of the (first) container with that label value."""
-        time.sleep(0.3)  # let the stream catch up with the engine
-        with self._lock:
-            found = self._pick(self._events, label, value)
-        if "create" in found and "destroy" in found:
-            return found
-        query = subprocess.run(["docker", "events", "--since", f"{since - 1:.6f}", "--until", f"{time.time():.6f}",
-                                "--filter", f"label={label}={value}", *self._filters()],
-                               capture_output=True, text=True, timeout=60)
-        events = []
-        for line in query.stdout.splitlines():
-            with contextlib.suppress(ValueError):
-                events.append(json.loads(line))
-        return self._pick(events, label, value) or found
-
-    @staticmethod
-    def _pick(events: list[dict[str, Any]], label: str, value: str) -> dict[str, float]:
-        found: dict[str, float] = {}
-        chosen: str | None = None
-        for event in events:
-            actor = event.get("Actor") or {}
-            if (actor.get("Attributes") or {}).get(label) != value:
-                continue
-            chosen = chosen or actor.get("ID")
-            if actor.get("ID") == chosen:
-                found.setdefault(event.get("Action", ""), event["timeNano"] / 1e9)
-        return found
-
-
-# -- set-up ----------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Setup:
-    backend: httpx.Client
-    worker: httpx.Client
-    prefect: httpx.Client
-    worker_process: WorkerProcess
-    db_path: Path
-    backend_pid: int | None  # None when the backend runs in this process
-    prefect_sid: int | None  # None when an external Prefect server is used
-    events: EngineEvents
-    worker_id: str
-    bench_id: str
-    workdir: Path
-
-    @property
-    def worker_pid(self) -> int:
-        assert self.worker_process.process is not None
-        return self.worker_process.process.pid
-
-
-class BackendProcess:
-    """``python -m reference_backend`` as a child process on a free loopback port."""
-
-    def __init__(self, data_dir: Path, log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.api_url = self.url + "/api"
-        self.data_dir, self.log_path = data_dir, log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 60.0) -> BackendProcess:
-        with open(self.log_path, "ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "reference_backend", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--data-dir", str(self.data_dir), "--log-level", "warning"],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                cwd=str(Path(__file__).resolve().parents[1]))
-
-        def healthy() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"reference backend exited with {self.process.returncode}; "
-                                   f"log: {self.log_path.read_text()[-2000:]}")
-            try:
-                return httpx.get(self.url + "/admin/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(healthy, timeout, 0.1, f"the reference backend at {self.url}")
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
-
-
-def _prefect_sid(server: LocalPrefectServer) -> int | None:
-    process = getattr(server, "_process", None)  # started with start_new_session: its pid is the session id
-    return process.pid if process is not None else None
-
-
-@contextlib.contextmanager
-def environment(args: argparse.Namespace) -> Iterator[Setup]:
-    """Prefect server, reference backend, worker process, docker events; all stopped and removed afterwards."""
-    workdir = Path(tempfile.mkdtemp(prefix="cicd-bench-logs-"))
-    worker_id = f"bench-logs-{uuid.uuid4().hex[:8]}"
-    bench_id = worker_id
-    env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "WORKER_PULL_POLICY": "never", "WORKER_ID": worker_id,
-           "WORKER_STATE_DIR": str(workdir / "state")}
-    env.update(dict(item.split("=", 1) for item in args.worker_env))
-    with contextlib.ExitStack() as stack:
-        stack.callback(_cleanup, workdir, worker_id, bench_id, args.keep)
-        events = EngineEvents().start()
-        stack.callback(events.stop)
-        api_url = os.environ.get("PREFECT_API_URL")
-        prefect_sid = None
-        if not api_url:
-            env["PREFECT_HOME"] = str(workdir / "prefect-home")
-            os.environ.update(PREFECT_HOME=env["PREFECT_HOME"], PREFECT_SERVER_ANALYTICS_ENABLED="false")
-            server = LocalPrefectServer(port=free_port(), log_path=workdir / "prefect-server.log")
-            stack.callback(server.stop)
-            print(f"starting a Prefect server on port {server.port} (PREFECT_HOME {env['PREFECT_HOME']}) ...",
-                  flush=True)
-            server.start(timeout=240)
-            api_url, prefect_sid = server.api_url, _prefect_sid(server)
-        else:
-            print(f"using the Prefect server at PREFECT_API_URL={api_url}", flush=True)
-        env["PREFECT_API_URL"] = api_url
-        data_dir = workdir / "backend"
-        data_dir.mkdir()
-        backend_pid: int | None
-        if args.backend == "subprocess":
-            backend = BackendProcess(data_dir, workdir / "backend.log")
-            stack.callback(backend.stop)
-            backend.start()
-            assert backend.process is not None
-            backend_url, backend_api, backend_pid = backend.url, backend.api_url, backend.process.pid
-        else:
-            from reference_backend.server import BackendServer
-
-            server_in = stack.enter_context(BackendServer(data_dir))
-            backend_url, backend_api, backend_pid = server_in.url, server_in.api_url, None
-        env["WORKER_BACKEND_URL"] = backend_api
-        worker = WorkerProcess(env, workdir / "worker.log")
-        stack.callback(worker.stop)
-        worker.start(timeout=120)
-        backend_http, worker_http, prefect_http = (stack.enter_context(httpx.Client(base_url=url, timeout=60))
-                                                   for url in (backend_url, worker.url, api_url))
-        yield Setup(backend_http, worker_http, prefect_http, worker, data_dir / "backend.db", backend_pid,
-                    prefect_sid, events, worker_id, bench_id, workdir)
-
-
-def _cleanup(workdir: Path, worker_id: str, bench_id: str, keep: bool) -> None:
-    for label in (f"{LABEL_WORKER}={worker_id}", f"{LABEL_BENCH}={bench_id}"):
-        leftovers = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={label}"],
-                                   capture_output=True, text=True).stdout.split()
-        if leftovers:
-            print(f"removing {len(leftovers)} containers left behind ({label})", flush=True)
-            subprocess.run(["docker", "rm", "-f", *leftovers], capture_output=True)
-    volumes = subprocess.run(["docker", "volume", "ls", "-q", "--filter", f"label={LABEL_WORKER}={worker_id}"],
-                             capture_output=True, text=True).stdout.split()
-    if volumes:
-        subprocess.run(["docker", "volume", "rm", "-f", *volumes], capture_output=True)
-    if keep:
-        print(f"kept {workdir} (worker.log, backend.log, prefect-server.log, backend/backend.db)")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-# -- the backend's records -----------------------------------------------------------------------------------
-
-
-class BackendDB:
-    """Read-only view of the reference backend's SQLite file (WAL mode: readable while it writes)."""
-
-    def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-
-    def close(self) -> None:
-        self._db.close()
-
-    def status(self, job_id: str) -> str | None:
-        row = self._db.execute("SELECT status FROM job_executions WHERE id = ?", (job_id,)).fetchone()
-        return row["status"] if row else None
-
-    def history(self, job_id: str) -> list[dict[str, Any]]:
-        return [dict(row) for row in self._db.execute(
-            "SELECT status, exit_code, log_bytes, log_sha256, received_at, start_time, completion_time"
-            " FROM status_updates WHERE job_execution_id = ? ORDER BY id", (job_id,))]
-
-    def violations(self, job_id: str) -> list[str]:
-        return [row["message"] for row in self._db.execute(
-            "SELECT message FROM violations WHERE job_execution_id = ? ORDER BY id", (job_id,))]
-
-    def chunks(self, job_id: str) -> Iterator[tuple[int, int, list[str], str]]:
-        """(seq, byte offset, lines, received_at) in seq order, one row at a time."""
-        cursor = self._db.execute(
-            "SELECT seq, byte_offset, lines, received_at FROM log_chunks WHERE job_execution_id = ? ORDER BY seq",
-            (job_id,))
-        for row in cursor:
-            yield row["seq"], row["byte_offset"], json.loads(row["lines"]), row["received_at"]
 
 
 # -- one run of each kind ------------------------------------------------------------------------------------
@@ -510,23 +136,7 @@ class DockerSample:
     marks: dict[str, float | None]
 
 
-def new_job(setup: Setup, index: int, script: list[str]) -> tuple[str, dict[str, Any]]:
-    spec = {"name": f"logs-{index}", "jobs": [{"name": "print", "dockerImage": IMAGE, "script": script}]}
-    created = setup.backend.post("/admin/pipeline-runs", json=spec)
-    created.raise_for_status()
-    job_id = created.json()["jobs"]["print"]
-    dto = setup.backend.get(f"/api/jobs/{job_id}")
-    dto.raise_for_status()
-    return job_id, dto.json()
-
-
-def flow_run_done(setup: Setup, flow_run_id: str) -> bool:
-    answer = setup.prefect.get(f"/flow_runs/{flow_run_id}")
-    answer.raise_for_status()
-    return ((answer.json().get("state") or {}).get("type")) in PREFECT_DONE
-
-
-def check_log(db: BackendDB, job_id: str, final: dict[str, Any], lines: int, command: str) -> LogCheck:
+def check_log(db: harness.BackendDB, job_id: str, final: dict[str, Any], lines: int, command: str) -> LogCheck:
     """Walk the stored chunks once: completeness against the final status, and the arrival times."""
     check = LogCheck()
     sha = hashlib.sha256()
@@ -563,18 +173,18 @@ def check_log(db: BackendDB, job_id: str, final: dict[str, Any], lines: int, com
     return check
 
 
-def worker_run(setup: Setup, db: BackendDB, index: int, lines: int, poll: float, timeout: float,
+def worker_run(setup: harness.Setup, db: harness.BackendDB, index: int, lines: int, poll: float, timeout: float,
                profile: tuple[Path, str] | None = None) -> WorkerSample:
     """POST one job, wait for its final status at the backend and its flow run's end; read what arrived."""
     command = job_command(lines)
-    job_id, dto = new_job(setup, index, [command])
+    job_id, dto = harness.new_job(setup, f"logs-{index}", "print", [command])
     pid = setup.worker_pid
     hwm_before, rss_before = proc_status(pid, "VmHWM"), proc_status(pid, "VmRSS")
     threads_before = proc_status(pid, "Threads")
-    cpu_before = cpu_of(setup)
+    cpu_before = harness.cpu_of(setup)
     spy = start_py_spy(pid, *profile) if profile else None
     try:
-        with Sampler(pid) as sampler:
+        with Monitor(pid, 0.05) as monitor:
             sent, start = time.time(), time.perf_counter()
             answer = setup.worker.post("/api/job/execute", json=dto)
             ack_ms = (time.perf_counter() - start) * 1000
@@ -584,17 +194,18 @@ def worker_run(setup: Setup, db: BackendDB, index: int, lines: int, poll: float,
             def ended() -> bool:
                 if setup.worker_process.process is not None and setup.worker_process.process.poll() is not None:
                     raise RuntimeError(f"the worker exited; see {setup.workdir / 'worker.log'}")
-                return db.status(job_id) in FINAL
+                return db.status(job_id) in harness.FINAL
 
-            wait_until(ended, timeout, poll, f"the final status of job {job_id}")
+            harness.wait_for(ended, timeout, poll, f"the final status of job {job_id}")
             flow_run_id = answer.json()["flowRunId"]
-            wait_until(lambda: flow_run_done(setup, flow_run_id), 120, 0.1, f"the end of flow run {flow_run_id}")
+            harness.wait_for(lambda: harness.flow_run_done(setup, flow_run_id), 120, 0.1,
+                             f"the end of flow run {flow_run_id}")
     finally:
         if spy is not None:
             stop_py_spy(spy)
     hwm_after, rss_after = proc_status(pid, "VmHWM"), proc_status(pid, "VmRSS")
     threads_after = proc_status(pid, "Threads")
-    cpu_after = cpu_of(setup)
+    cpu_after = harness.cpu_of(setup)
     history = db.history(job_id)
     final = history[-1]
     statuses = [h["status"] for h in history]
@@ -606,7 +217,7 @@ def worker_run(setup: Setup, db: BackendDB, index: int, lines: int, poll: float,
     final_at = epoch(final["received_at"])
     assert final_at is not None
     last_line_at = check.last_line_at if check.last_line_at is not None else final_at
-    container = setup.events.container(LABEL_JOB, job_id, sent)
+    container = setup.events.container(harness.LABEL_JOB, job_id, sent)
     running = next((h for h in history if h["status"] == "RUNNING"), {})
 
     def after(moment: float | None) -> float | None:
@@ -625,7 +236,7 @@ def worker_run(setup: Setup, db: BackendDB, index: int, lines: int, poll: float,
         "container destroy": after(container.get("destroy")),
     }
     return WorkerSample(job_id, sent, ack_ms, last_line_at - sent, final_at - sent, check, int(final["log_bytes"] or 0),
-                        hwm_before, hwm_after, rss_before, max(sampler.peak_kib, rss_before), rss_after,
+                        hwm_before, hwm_after, rss_before, max(monitor.rss_kib, rss_before), rss_after,
                         threads_before, threads_after,
                         {k: cpu_after[k] - cpu_before[k] for k in cpu_after}, marks)
 
@@ -639,31 +250,16 @@ def reached(check: LogCheck, share: int) -> float | None:
     return next((at for done, at in check.progress if done >= wanted), None)
 
 
-def cpu_of(setup: Setup) -> dict[str, float]:
-    out = {"worker": cpu_seconds(setup.worker_pid)}
-    if setup.backend_pid is not None:
-        out["backend"] = cpu_seconds(setup.backend_pid)
-    else:
-        out["bench+backend (in-process)"] = cpu_seconds(os.getpid())
-    if setup.prefect_sid is not None:
-        out["prefect server"] = session_cpu_seconds(setup.prefect_sid)
-    return out
-
-
-def docker_run(setup: Setup, lines: int, timeout: float) -> DockerSample:
+def docker_run(setup: harness.Setup, lines: int, timeout: float) -> DockerSample:
     """Wall time of the plain ``docker run`` CLI, its output thrown away; the CLI's peak RSS and CPU."""
     tag = uuid.uuid4().hex[:12]
-    command = ["docker", "run", "--rm", "--network", "none", "--label", f"{LABEL_BENCH}={setup.bench_id}",
-               "--label", f"cicd.bench-run={tag}", IMAGE, "sh", "-c", job_command(lines)]
+    command = harness.docker_run_command("sh", "-c", job_command(lines),
+                                         labels={harness.LABEL_BENCH: setup.worker_id, "cicd.bench-run": tag})
     timer = Path("/usr/bin/time")
     report = setup.workdir / f"time-{tag}.txt"
     if timer.exists():
         command = [str(timer), "-v", "-o", str(report), *command]
-    sent, start = time.time(), time.perf_counter()
-    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"docker run failed ({done.returncode}): {done.stderr.decode(errors='replace')[-2000:]}")
+    sent, wall = harness.timed_run(command, timeout)
     max_rss = cpu = None
     if report.exists():
         text = report.read_text()
@@ -675,150 +271,12 @@ def docker_run(setup: Setup, lines: int, timeout: float) -> DockerSample:
         if user and system:
             cpu = float(user.group(1)) + float(system.group(1))
     container = setup.events.container("cicd.bench-run", tag, sent)
-    marks = {f"container {a}": (container[a] - sent) if a in container else None for a in EngineEvents.ACTIONS}
+    marks = {f"container {a}": (container[a] - sent) if a in container else None for a in LIFECYCLE}
     marks["docker CLI exited"] = wall
     return DockerSample(wall, max_rss, cpu, marks)
 
 
-# -- py-spy ------------------------------------------------------------------------------------------------
-
-PROFILE_MODES = {
-    # which thread holds the GIL, where: the worker's Python CPU
-    "gil": ["--gil"],
-    # every thread at every sample, waiting included: where each thread's wall time goes
-    "wall": ["--idle"],
-}
-GENERIC_FRAMES = ("Thread._bootstrap", "Thread._bootstrap_inner", "Thread.run (threading.py)")
-LOG_PATH_THREADS = ("logs-", "logship-", "outbox-sender", "flow_")
-
-
-def start_py_spy(pid: int, out: Path, mode: str) -> subprocess.Popen[bytes]:
-    exe = Path(sys.executable).with_name("py-spy")
-    if not exe.exists():
-        found = shutil.which("py-spy")
-        if found is None:
-            raise RuntimeError("py-spy not found: .venv/bin/pip install py-spy")
-        exe = Path(found)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_suffix(".log"), "wb") as err:
-        spy = subprocess.Popen([str(exe), "record", "--pid", str(pid), "--rate", "100", "--threads",
-                                *PROFILE_MODES[mode], "--format", "raw", "-o", str(out)],
-                               stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-    time.sleep(1.0)  # attached before the job starts
-    if spy.poll() is not None:
-        raise RuntimeError(f"py-spy exited at once: {out.with_suffix('.log').read_text()[-1000:]}")
-    return spy
-
-
-def stop_py_spy(spy: subprocess.Popen[bytes]) -> None:
-    if spy.poll() is None:
-        spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-        try:
-            spy.wait(60)
-        except subprocess.TimeoutExpired:
-            spy.kill()
-            spy.wait(5)
-
-
-def _frame_name(frame: str) -> str:
-    """``function (path/to/file.py:123)`` -> ``function (file.py)`` (package path kept for site-packages)."""
-    found = re.match(r"(.*) \((.*?):\d+\)$", frame)
-    if not found:
-        return frame
-    path = found.group(2)
-    parts = Path(path).parts
-    short = "/".join(parts[parts.index("site-packages") + 1:]) if "site-packages" in parts else path
-    return f"{found.group(1)} ({short})"
-
-
-def _thread_label(frame: str) -> str:
-    """``thread (12979): logs-print`` -> ``logs-print [12979]`` (names repeat: Prefect starts several threads
-    of one name); ``thread (12979)`` when py-spy has no name."""
-    found = re.match(r"thread \((\w+)\)(?:: (.*))?$", frame)
-    if not found:
-        return frame
-    return f"{found.group(2)} [{found.group(1)}]" if found.group(2) else f"thread [{found.group(1)}]"
-
-
-@dataclass
-class Profile:
-    total: int = 0
-    per_thread: Counter[str] = field(default_factory=Counter)
-    leaf: Counter[str] = field(default_factory=Counter)
-    inclusive: Counter[str] = field(default_factory=Counter)
-    leaf_by_thread: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
-    inclusive_by_thread: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
-
-
-def read_profile(path: Path) -> Profile:
-    profile = Profile()
-    for raw in path.read_text().splitlines():
-        stack, _, count_text = raw.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = stack.split(";")
-        thread = _thread_label(frames[0])
-        named = [_frame_name(f) for f in frames[1:]
-                 if not f.startswith("process ") and not f.startswith(GENERIC_FRAMES)]
-        profile.total += count
-        profile.per_thread[thread] += count
-        leaf = named[-1] if named else "(no Python frame)"
-        profile.leaf[leaf] += count
-        profile.leaf_by_thread[thread][leaf] += count
-        for name in set(named):
-            profile.inclusive[name] += count
-            profile.inclusive_by_thread[thread][name] += count
-    return profile
-
-
-def _print_counter(counter: Counter[str], total: int, top: int, indent: str = "    ") -> None:
-    for name, count in counter.most_common(top):
-        print(f"{indent}{100 * count / total:5.1f}%  {name}")
-
-
-def summarise_gil(path: Path, seconds: float, top: int = 20) -> None:
-    """Where the worker's Python runs: samples of the GIL holder, per thread and per function."""
-    if not path.exists():
-        print(f"  (no profile at {path})")
-        return
-    profile = read_profile(path)
-    if not profile.total:
-        print("  (no samples)")
-        return
-    print(f"  GIL held in {profile.total} of ~{seconds * 100:.0f} samples (100 Hz over {seconds:.1f} s): the GIL was "
-          f"busy ~{profile.total / (seconds * 100) * 100:.0f}% of the run")
-    print("  GIL holder by thread:")
-    _print_counter(profile.per_thread, profile.total, 8)
-    print(f"  self (leaf frame) while holding the GIL, top {top}:")
-    _print_counter(profile.leaf, profile.total, top)
-    print(f"  inclusive while holding the GIL, top {top}:")
-    _print_counter(profile.inclusive, profile.total, top)
-    for thread, count in profile.per_thread.most_common(3):
-        print(f"  within {thread} ({100 * count / profile.total:.1f}% of GIL samples), inclusive top 12:")
-        _print_counter(profile.inclusive_by_thread[thread], count, 12, "      ")
-
-
-def summarise_wall(path: Path, seconds: float) -> None:
-    """Where the wall time of the threads that carry the log goes (waiting included)."""
-    if not path.exists():
-        print(f"  (no profile at {path})")
-        return
-    profile = read_profile(path)
-    span = max(profile.per_thread.values(), default=0)
-    print(f"  {span} samples of the longest-lived thread over {seconds + 1:.1f} s: py-spy sampled every thread at "
-          f"~{span / (seconds + 1):.0f} Hz (it falls behind 100 Hz with many threads)")
-    threads = [t for t in profile.per_thread if t.startswith(LOG_PATH_THREADS)][:8]
-    for thread in sorted(threads, key=lambda t: -profile.per_thread[t]):
-        count = profile.per_thread[thread]
-        print(f"  {thread}: {count} samples ({100 * count / max(span, 1):.0f}% of the profiled span); "
-              "leaf frame top 8:")
-        _print_counter(profile.leaf_by_thread[thread], count, 8, "      ")
-        print("    inclusive top 12:")
-        _print_counter(profile.inclusive_by_thread[thread], count, 12, "      ")
-
-
-def profile_runs(setup: Setup, db: BackendDB, args: argparse.Namespace) -> None:
+def profile_runs(setup: harness.Setup, db: harness.BackendDB, args: argparse.Namespace) -> None:
     for number, mode in enumerate(PROFILE_MODES, start=1):
         out = args.profile / f"worker-{mode}.folded"
         print(f"\nprofile {number}/{len(PROFILE_MODES)}: one more worker run under py-spy record "
@@ -933,16 +391,7 @@ def print_timeline(worker: list[WorkerSample], docker: list[DockerSample]) -> No
         print(f"    {label:<66} {fmt(w_value, 7)} {fmt(d_value, 10) if d_value is not None else ''}")
 
 
-def versions() -> str:
-    docker_version = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
-                                    capture_output=True, text=True).stdout.strip() or "?"
-    load = Path("/proc/loadavg").read_text().split()[:3]
-    return (f"python {platform.python_version()}, prefect {metadata.version('prefect')}, "
-            f"docker engine {docker_version}, {os.cpu_count()} CPUs, load average {' '.join(load)}, "
-            f"host {socket.gethostname()}")
-
-
-def worker_config(setup: Setup) -> str:
+def worker_config(setup: harness.Setup) -> str:
     try:
         config = setup.worker.get("/api/worker/config").json()
     except (httpx.HTTPError, ValueError):
@@ -962,26 +411,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="how often the backend's records are read to learn that a run ended (not in the figure)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds one run may take")
     parser.add_argument("--backend", choices=("subprocess", "in-process"), default="subprocess")
-    parser.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra environment of the worker process (repeatable)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="two more worker runs under py-spy (not counted); collapsed stacks saved in DIR")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, backend.db)")
-    args = parser.parse_args(argv)
+    harness.common_options(parser, worker_env=True)
+    args = harness.parse(parser, argv)
     if args.runs < 1 or args.lines < 1:
         parser.error("--runs and --lines must be at least 1")
-    if any("=" not in item for item in args.worker_env):
-        parser.error("--worker-env takes KEY=VALUE")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the set-up is torn down
-    print(versions(), flush=True)
+    harness.prologue()
     print(f"job: {job_command(args.lines)}", flush=True)
-    with environment(args) as setup:
+    with harness.environment("logs", keep=args.keep, backend_in_process=args.backend == "in-process",
+                             worker_env=args.worker_env) as setup:
         print(f"worker pid {setup.worker_pid}, backend "
               f"{'pid ' + str(setup.backend_pid) if setup.backend_pid else 'in this process'}; worker log settings: "
               f"{worker_config(setup)}"
-              + (f"; extra worker env: {' '.join(shlex.quote(e) for e in args.worker_env)}" if args.worker_env
-                 else ""), flush=True)
-        db = BackendDB(setup.db_path)
+              + (f"; extra worker env: {' '.join(shlex.quote(f'{k}={v}') for k, v in args.worker_env.items())}"
+                 if args.worker_env else ""), flush=True)
+        db = harness.BackendDB(setup.db_path)
         worker: list[WorkerSample] = []
         docker: list[DockerSample] = []
         try:

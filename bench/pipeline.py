@@ -1,6 +1,6 @@
 """Wall time of whole pipelines through a real worker, against a plain scheduler measured in the same run.
 
-Run from the repository root: ``.venv/bin/python bench/pipeline.py [--repeat N] [--concurrency C]
+Run from the repository root: ``.venv/bin/python -m bench.pipeline [--repeat N] [--concurrency C]
 [--workloads fanout50,dag20,chain10]``. Targets (median worker wall / median baseline wall):
 at most 1.3 on ``dag20`` and ``chain10``, at most 2.0 on ``fanout50``.
 
@@ -11,11 +11,11 @@ Workloads (image ``cicd-busybox:latest``):
   and ``i+1 (mod 5)`` of the layer before;
 - ``chain10``: 10 jobs in a chain, each ``sleep 0.5``.
 
-Set-up, all torn down at the end: a Prefect server on a free port with a temporary ``PREFECT_HOME`` (or the
-server at ``PREFECT_API_URL`` when that is set), the reference backend in this process, a real
-``cicd-worker serve`` child process (``WORKER_PULL_POLICY=never``, ``WORKER_MAX_CONCURRENT_JOBS=C``) and a
-``docker events`` stream read for the whole session (the engine keeps only the last 256 events, fewer than
-one fanout run produces).
+Set-up, all torn down at the end (``bench.harness.environment``): a Prefect server on a free port with a
+temporary ``PREFECT_HOME`` (or the server at ``PREFECT_API_URL`` when that is set), the reference backend in
+this process, a real ``cicd-worker serve`` child process (``WORKER_PULL_POLICY=never``,
+``WORKER_MAX_CONCURRENT_JOBS=C``) and a ``docker events`` stream read for the whole session (the engine keeps
+only the last 256 events, fewer than one fanout run produces).
 
 Worker run: create the pipeline run in the backend, POST ``/api/pipeline/execute`` and poll the backend's
 admin API every ``--poll-ms`` (one job execution per request, the first one not yet seen final) until every
@@ -34,7 +34,7 @@ time: first start to last exit.
 
 Runs alternate worker/baseline (alternating which goes first); one small warm-up of each is not counted.
 A run during which the Docker engine went away (the ``docker events`` stream ended: on a shared host,
-resilience tests stop ``dockerd``) is discarded and redone, and the discarded runs are listed.
+resilience tests stop ``dockerd``) is discarded and redone once the engine is back, and the discarded runs are listed.
 
 Breakdown, per workload: (1) the critical path of the median run of each side, walked back from the last
 job to end through the dependency that ended last, with its time split into phases recorded on this host's
@@ -51,47 +51,26 @@ container destroyed → the next container created, while jobs were waiting for 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
-import os
-import platform
 import queue
-import shutil
-import signal
 import statistics
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
-import httpx
+from bench import harness
+from bench.readings import LIFECYCLE, EngineEvents, engine_up, epoch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
-
-from reference_backend.server import BackendServer  # noqa: E402
-from tests.support import WorkerProcess, free_port  # noqa: E402
-from worker_api.prefect_server import LocalPrefectServer  # noqa: E402
-
-IMAGE = os.environ.get("CICD_TEST_IMAGE", "cicd-busybox:latest")
-FINAL = {"SUCCESS", "FAILED", "CANCELED"}
-PREFECT_DONE = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 RUN_TIMEOUT_SECONDS = 300.0
 SETTLE_SECONDS = 0.5
 ENGINE_WAIT_SECONDS = 180.0
 ENGINE_LOSSES_ALLOWED = 3  # runs redone because the Docker engine went away during them
-ENGINE_ACTIONS = ("create", "start", "die", "destroy")
-LABEL_JOB = "cicd.job-execution-id"
-LABEL_WORKER = "cicd.worker-id"
 
 Job = dict[str, Any]  # {"name", "script": [...], "needs": [...]}
 
@@ -118,105 +97,6 @@ def chain(length: int = 10) -> list[Job]:
 
 WORKLOADS: dict[str, Callable[[], list[Job]]] = {"fanout50": fanout, "dag20": dag, "chain10": chain}
 TARGETS = {"fanout50": 2.0, "dag20": 1.3, "chain10": 1.3}
-
-
-# -- time helpers ---------------------------------------------------------------------------------------------
-
-
-def epoch(text: str | None) -> float | None:
-    """ISO text (naive = UTC, as the reference backend writes it) as epoch seconds."""
-    if not text:
-        return None
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
-def wait_until(probe: Callable[[], Any], interval: float, what: str, timeout: float = RUN_TIMEOUT_SECONDS) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
-
-
-def median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-def fmt(value: float | None, width: int = 9, digits: int = 1) -> str:
-    return f"{value:{width}.{digits}f}" if value is not None else f"{'n/a':>{width}}"
-
-
-# -- docker events ------------------------------------------------------------------------------------------
-
-
-class EngineEvents:
-    """A ``docker events`` child process streamed for the whole session (container lifecycle only)."""
-
-    def __init__(self) -> None:
-        self._events: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._process: subprocess.Popen[str] | None = None
-        self._reader: threading.Thread | None = None
-
-    def start(self) -> EngineEvents:
-        filters = [arg for action in ENGINE_ACTIONS for arg in ("--filter", f"event={action}")]
-        self._process = subprocess.Popen(
-            ["docker", "events", "--filter", "type=container", *filters, "--format", "{{json .}}"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        self._reader = threading.Thread(target=self._read, name="docker-events", daemon=True)
-        self._reader.start()
-        return self
-
-    def _read(self) -> None:
-        assert self._process is not None and self._process.stdout is not None
-        for line in self._process.stdout:
-            with contextlib.suppress(ValueError, KeyError):
-                event = json.loads(line)
-                with self._lock:
-                    self._events.append(event)
-
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(5)
-        if self._reader is not None:
-            self._reader.join(5)
-
-    def alive(self) -> bool:
-        """False once the stream ended: the engine went away (stopped or restarted by someone)."""
-        return self._process is not None and self._process.poll() is None
-
-    def restart(self) -> None:
-        self.stop()
-        wait_until(engine_up, 1.0, "the Docker engine to come back", timeout=ENGINE_WAIT_SECONDS)
-        self.start()
-        time.sleep(1.0)
-
-    def containers(self, since: float, until: float) -> list[dict[str, Any]]:
-        """Containers created in [since, until]: {"id", "labels", "image", action: epoch seconds}."""
-        time.sleep(0.2)  # let the stream catch up with the engine
-        with self._lock:
-            events = list(self._events)
-        by_id: dict[str, dict[str, Any]] = {}
-        for event in events:
-            actor = event.get("Actor") or {}
-            attributes = actor.get("Attributes") or {}
-            entry = by_id.setdefault(actor.get("ID", ""), {"id": actor.get("ID", ""), "attributes": attributes})
-            entry.setdefault(event.get("Action", ""), event["timeNano"] / 1e9)
-        return [c for c in by_id.values() if "create" in c and since <= c["create"] <= until]
-
-
-def engine_up() -> bool:
-    return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
 
 
 # -- samples ------------------------------------------------------------------------------------------------
@@ -248,24 +128,9 @@ def ready_time(sample: Sample, name: str) -> float:
 # -- worker side --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Setup:
-    backend: httpx.Client
-    worker: httpx.Client
-    prefect: httpx.Client
-    events: EngineEvents
-    worker_id: str
-    workdir: Path
-    discarded: list[str] = field(default_factory=list)
-
-
-def worker_run(setup: Setup, workload: str, jobs: list[Job], index: int, poll: float) -> Sample:
-    spec = {"name": f"{workload}-{index}",
-            "jobs": [{"name": j["name"], "dockerImage": IMAGE, "script": j["script"], "needs": j["needs"]}
-                     for j in jobs]}
-    created = setup.backend.post("/admin/pipeline-runs", json=spec)
-    created.raise_for_status()
-    run = created.json()
+def worker_run(setup: harness.Setup, workload: str, jobs: list[Job], index: int, poll: float) -> Sample:
+    run = setup.backend.create_run([{key: j[key] for key in ("name", "script", "needs")} for j in jobs],
+                                   name=f"{workload}-{index}")
     ids: dict[str, str] = run["jobs"]
     sent, start = time.time(), time.perf_counter()
     answer = setup.worker.post("/api/pipeline/execute", json={"pipelineExecutionId": run["pipelineExecutionId"]})
@@ -276,17 +141,18 @@ def worker_run(setup: Setup, workload: str, jobs: list[Job], index: int, poll: f
 
     def all_final() -> bool:
         while pending:
-            record = setup.backend.get(f"/admin/job-executions/{pending[0]}").json()
-            if record["status"] not in FINAL:
+            record = setup.backend.job(pending[0])
+            if record["status"] not in harness.FINAL:
                 return False
             pending.popleft()
         return True
 
-    wait_until(all_final, poll, f"the end of pipeline run {run['pipelineExecutionId']}")
+    harness.wait_for(all_final, RUN_TIMEOUT_SECONDS, poll, f"the end of pipeline run {run['pipelineExecutionId']}")
     seen = time.perf_counter() - start
     flow_run_id = answer.json()["flowRunId"]
-    wait_until(lambda: flow_run_done(setup, flow_run_id), 0.05, f"the end of flow run {flow_run_id}")
-    records = {name: setup.backend.get(f"/admin/job-executions/{job_id}").json() for name, job_id in ids.items()}
+    harness.wait_for(lambda: harness.flow_run_done(setup, flow_run_id), RUN_TIMEOUT_SECONDS, 0.05,
+                     f"the end of flow run {flow_run_id}")
+    records = {name: setup.backend.job(job_id) for name, job_id in ids.items()}
     sample = worker_sample(workload, jobs, sent, records)
     sample.extra.update(ack=ack, seen=seen)
     flow_start = epoch(setup.prefect.get(f"/flow_runs/{flow_run_id}").json().get("start_time"))
@@ -295,22 +161,16 @@ def worker_run(setup: Setup, workload: str, jobs: list[Job], index: int, poll: f
     for name, moments in prefect_task_times(setup, flow_run_id, len(ids)).items():
         if name in sample.marks:
             sample.marks[name].update(moments)
-    by_job = {c["attributes"].get(LABEL_JOB): c for c in setup.events.containers(sent - 1, time.time())
-              if c["attributes"].get(LABEL_WORKER) == setup.worker_id}
+    by_job = {c["attributes"].get(harness.LABEL_JOB): c for c in setup.events.containers(sent - 1, time.time())
+              if c["attributes"].get(harness.LABEL_WORKER) == setup.worker_id}
     sample.containers = [by_job[job_id] for job_id in ids.values() if job_id in by_job]
     for name, job_id in ids.items():
         container = by_job.get(job_id, {})
-        sample.marks[name].update({action: container[action] for action in ENGINE_ACTIONS if action in container})
+        sample.marks[name].update({action: container[action] for action in LIFECYCLE if action in container})
     return sample
 
 
-def flow_run_done(setup: Setup, flow_run_id: str) -> bool:
-    answer = setup.prefect.get(f"/flow_runs/{flow_run_id}")
-    answer.raise_for_status()
-    return (answer.json().get("state") or {}).get("type") in PREFECT_DONE
-
-
-def prefect_task_times(setup: Setup, flow_run_id: str, count: int) -> dict[str, dict[str, float]]:
+def prefect_task_times(setup: harness.Setup, flow_run_id: str, count: int) -> dict[str, dict[str, float]]:
     """Per task run (named after its job): Pending, Running and final state times, as the worker set them.
 
     The worker's task engine creates task runs locally and reports their states as events, which the
@@ -323,8 +183,8 @@ def prefect_task_times(setup: Setup, flow_run_id: str, count: int) -> dict[str, 
         return runs if len(runs) >= count and all(r.get("end_time") for r in runs) else None
 
     try:
-        runs = wait_until(complete, 0.1, "Prefect task runs", timeout=10.0)
-    except RuntimeError:
+        runs = harness.wait_for(complete, 10.0, 0.1, "Prefect task runs")
+    except AssertionError:
         runs = setup.prefect.post("/task_runs/filter", json=body).json()
     times: dict[str, dict[str, float]] = {}
     for run in runs:
@@ -358,10 +218,9 @@ BASELINE_LABEL = "cicd.bench-baseline"
 BASELINE_SESSION = uuid.uuid4().hex[:12]
 
 
-def docker_run_command(script: list[str]) -> list[str]:
+def baseline_command(script: list[str]) -> list[str]:
     # The label only tells this bench's containers apart from others on a shared engine (it costs nothing).
-    return ["docker", "run", "--rm", "--network", "none", "--label", f"{BASELINE_LABEL}={BASELINE_SESSION}",
-            IMAGE, "sh", "-c", "\n".join(script)]
+    return harness.docker_run_command("sh", "-c", "\n".join(script), labels={BASELINE_LABEL: BASELINE_SESSION})
 
 
 def baseline_run(events: EngineEvents, workload: str, jobs: list[Job], concurrency: int) -> Sample:
@@ -382,7 +241,7 @@ def baseline_run(events: EngineEvents, workload: str, jobs: list[Job], concurren
         while ready and running < concurrency:
             name = ready.popleft()
             marks[name]["popen"] = time.time()
-            process = subprocess.Popen(docker_run_command(scripts[name]), stdout=subprocess.DEVNULL,
+            process = subprocess.Popen(baseline_command(scripts[name]), stdout=subprocess.DEVNULL,
                                        stderr=subprocess.PIPE, text=True)
             threading.Thread(target=_reap, args=(name, process, exits), daemon=True).start()
             running += 1
@@ -423,7 +282,7 @@ def attach_baseline_containers(sample: Sample, containers: list[dict[str, Any]])
         if fits:
             chosen = max(fits, key=lambda c: c["destroy"])
             free.remove(chosen)
-            marks.update({a: chosen[a] for a in ENGINE_ACTIONS if a in chosen})
+            marks.update({a: chosen[a] for a in LIFECYCLE if a in chosen})
 
 
 # -- analysis -----------------------------------------------------------------------------------------------
@@ -614,95 +473,40 @@ def print_verdict(results: list[Result]) -> bool:
     return ok
 
 
-# -- set-up ------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def environment(concurrency: int, keep: bool) -> Iterator[Setup]:
-    """Prefect server, reference backend, worker process, docker events; all stopped and removed afterwards."""
-    workdir = Path(tempfile.mkdtemp(prefix="cicd-bench-pipeline-"))
-    worker_id = f"bench-worker-{uuid.uuid4().hex[:8]}"
-    env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "WORKER_PULL_POLICY": "never", "WORKER_ID": worker_id,
-           "WORKER_STATE_DIR": str(workdir / "state"), "WORKER_MAX_CONCURRENT_JOBS": str(concurrency)}
-    with contextlib.ExitStack() as stack:
-        stack.callback(_cleanup, workdir, worker_id, keep)
-        events = EngineEvents().start()
-        stack.callback(events.stop)
-        api_url = os.environ.get("PREFECT_API_URL")
-        if not api_url:
-            env["PREFECT_HOME"] = str(workdir / "prefect-home")
-            os.environ.update(PREFECT_HOME=env["PREFECT_HOME"], PREFECT_SERVER_ANALYTICS_ENABLED="false")
-            server = LocalPrefectServer(port=free_port(), log_path=workdir / "prefect-server.log")
-            stack.callback(server.stop)
-            print(f"starting a Prefect server on port {server.port} (PREFECT_HOME {env['PREFECT_HOME']}) ...",
-                  flush=True)
-            server.start(timeout=240)
-            api_url = server.api_url
-        else:
-            print(f"using the Prefect server at PREFECT_API_URL={api_url}", flush=True)
-        env["PREFECT_API_URL"] = api_url
-        backend = stack.enter_context(BackendServer(workdir / "backend"))
-        env["WORKER_BACKEND_URL"] = backend.api_url
-        worker = WorkerProcess(env, workdir / "worker.log")
-        stack.callback(worker.stop)
-        worker.start(timeout=120)
-        backend_http, worker_http, prefect_http = (stack.enter_context(httpx.Client(base_url=url, timeout=60))
-                                                   for url in (backend.url, worker.url, api_url))
-        yield Setup(backend_http, worker_http, prefect_http, events, worker_id, workdir)
-
-
-def _cleanup(workdir: Path, worker_id: str, keep: bool) -> None:
-    leftovers = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={LABEL_WORKER}={worker_id}"],
-                               capture_output=True, text=True).stdout.split()
-    if leftovers:
-        print(f"removing {len(leftovers)} containers left behind by the worker", flush=True)
-        subprocess.run(["docker", "rm", "-f", *leftovers], capture_output=True)
-    if keep:
-        print(f"kept {workdir} (worker.log, prefect-server.log, backend/)")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def versions() -> str:
-    docker_version = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
-                                    capture_output=True, text=True).stdout.strip() or "?"
-    return (f"python {platform.python_version()}, prefect {metadata.version('prefect')}, "
-            f"docker engine {docker_version}, {os.cpu_count()} CPUs")
-
-
 # -- main ----------------------------------------------------------------------------------------------------
 
 
-def run_once(setup: Setup, what: str, action: Callable[[], Sample]) -> Sample:
+def run_once(setup: harness.Setup, what: str, action: Callable[[], Sample], discarded: list[str]) -> Sample:
     """One run; redone when the Docker engine went away during it (this host is shared: tests stop it).
 
     Such a run cannot be measured (its containers were killed, jobs retried, events lost); it is counted
-    and reported, never kept.
+    in ``discarded`` and reported, never kept.
     """
     for _ in range(ENGINE_LOSSES_ALLOWED + 1):
-        if not setup.events.alive():
-            print("  the Docker engine went away; waiting for it to come back ...", flush=True)
-            setup.events.restart()
-            time.sleep(2.0)
+        breaks = setup.events.breaks
         try:
             sample = action()
-        except (RuntimeError, subprocess.SubprocessError) as exc:
-            if setup.events.alive():
+        except (RuntimeError, AssertionError, subprocess.SubprocessError) as exc:
+            if setup.events.breaks == breaks:
                 raise
             problem = str(exc).splitlines()[0][:120]
         else:
-            if setup.events.alive():
+            if setup.events.breaks == breaks:
                 return sample
             problem = "it ended, but its engine events are incomplete"
-        setup.discarded.append(what)
-        print(f"  {what} discarded, the Docker engine went away during it: {problem}", flush=True)
+        discarded.append(what)
+        print(f"  {what} discarded, the Docker engine went away during it: {problem}; waiting for it to come "
+              "back ...", flush=True)
+        harness.wait_for(engine_up, ENGINE_WAIT_SECONDS, 1.0, "the Docker engine to come back")
+        time.sleep(3.0)  # for the events stream to resume
     raise RuntimeError(f"the Docker engine went away more than {ENGINE_LOSSES_ALLOWED} times")
 
 
-def measure(setup: Setup, names: list[str], concurrency: int, repeat: int, poll: float) -> list[Result]:
+def measure(setup: harness.Setup, names: list[str], concurrency: int, repeat: int, poll: float, discarded: list[str]
+            ) -> list[Result]:
     warm = chain(2)
-    run_once(setup, "worker warm-up", lambda: worker_run(setup, "warm-up", warm, 0, poll))
-    run_once(setup, "baseline warm-up", lambda: baseline_run(setup.events, "warm-up", warm, concurrency))
+    run_once(setup, "worker warm-up", lambda: worker_run(setup, "warm-up", warm, 0, poll), discarded)
+    run_once(setup, "baseline warm-up", lambda: baseline_run(setup.events, "warm-up", warm, concurrency), discarded)
     print("warm-up done (a 2-job chain on each side)", flush=True)
     results = []
     for workload in names:
@@ -715,7 +519,8 @@ def measure(setup: Setup, names: list[str], concurrency: int, repeat: int, poll:
                 what = f"{workload} {side} run {index + 1}"
                 action = (functools.partial(worker_run, setup, workload, jobs, index, poll) if side == "worker"
                           else functools.partial(baseline_run, setup.events, workload, jobs, concurrency))
-                (result.worker if side == "worker" else result.baseline).append(run_once(setup, what, action))
+                samples = result.worker if side == "worker" else result.baseline
+                samples.append(run_once(setup, what, action, discarded))
             print(f"  {workload} run {index + 1}/{repeat}: worker {result.worker[-1].wall:.2f} s, "
                   f"baseline {result.baseline[-1].wall:.2f} s", flush=True)
         results.append(result)
@@ -731,8 +536,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each workload on each side (default 3)")
     parser.add_argument("--poll-ms", type=float, default=20.0,
                         help="how often the backend is polled for the end of a run (not part of the figure)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir with the worker and Prefect logs")
-    args = parser.parse_args(argv)
+    harness.common_options(parser)
+    args = harness.parse(parser, argv)
     args.names = [name.strip() for name in args.workloads.split(",") if name.strip()]
     unknown = [name for name in args.names if name not in WORKLOADS]
     if unknown or not args.names:
@@ -744,12 +549,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the set-up is torn down
-    print(versions(), flush=True)
+    harness.prologue()
     print(f"workloads {', '.join(args.names)}; concurrency {args.concurrency}; {args.repeat} runs each", flush=True)
-    with environment(args.concurrency, args.keep) as setup:
-        results = measure(setup, args.names, args.concurrency, args.repeat, args.poll_ms / 1000)
-        discarded = setup.discarded
+    discarded: list[str] = []
+    with harness.environment("pipeline", keep=args.keep, backend_in_process=True,
+                             worker_env={"WORKER_MAX_CONCURRENT_JOBS": str(args.concurrency)}) as setup:
+        results = measure(setup, args.names, args.concurrency, args.repeat, args.poll_ms / 1000, discarded)
     if discarded:
         print(f"\nnote: {len(discarded)} runs redone because the Docker engine went away during them: "
               f"{', '.join(discarded)}")

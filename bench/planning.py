@@ -1,6 +1,6 @@
 """Benchmark of the pure planner against the target: plan 10,000 jobs in < 0.5 s.
 
-Run from the repository root: ``.venv/bin/python bench/planning.py``. Cases:
+Run from the repository root: ``.venv/bin/python -m bench.planning``. Cases:
 
 - 10,000 jobs with 30,000 random forward edges (a DAG), in shuffled order;
 - 10,000 jobs in 20 stages of 500 with no explicit dependencies (the stage rule only).
@@ -19,13 +19,10 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 import networkx as nx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
-
-from flows.planning import JobNode, Outcome, Scheduler, build_graph  # noqa: E402
+from flows.planning import JobNode, Outcome, Scheduler, build_graph
 
 TARGET_SECONDS = 0.5
 RUNS = 9

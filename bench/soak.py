@@ -1,11 +1,11 @@
 """Soak: many short jobs through a real worker at a fixed client concurrency, against plain ``docker run``.
 
-Run from the repository root: ``.venv/bin/python bench/soak.py [--jobs N] [--concurrency C]`` (defaults 500
+Run from the repository root: ``.venv/bin/python -m bench.soak [--jobs N] [--concurrency C]`` (defaults 500
 and 8). Targets: throughput worker/plain at least 0.7; what the worker holds after the jobs (containers and
 volumes with its label, its threads and open files) back to the idle figure measured before them; every job's
 backend history exactly ``RUNNING, SUCCESS``.
 
-Set-up, all torn down at the end (helpers shared with ``bench/logs.py``): a Prefect server on a free port with
+Set-up, all torn down at the end (``bench.harness.environment``): a Prefect server on a free port with
 a temporary ``PREFECT_HOME`` and ``PREFECT_SERVER_ANALYTICS_ENABLED=false`` (or the server at
 ``PREFECT_API_URL`` when that is set); the reference backend as a child process (``python -m
 reference_backend``), so that the bench's own load does not distort it; a real ``cicd-worker serve`` child
@@ -56,27 +56,24 @@ Breakdown: per job, from the backend's records (``receivedAt``; the worker's ``s
 ``completionTime``) and the engine's container events, means and medians of each step on both sides.
 
 ``--profile DIR``: after the measured phases, two more blocks of min(N, 100) jobs (not counted) under
-``py-spy record --gil`` and ``--idle``, saved in DIR and summarised as ``bench/logs.py`` does.
+``py-spy record --gil`` and ``--idle``, saved in DIR and summarised as ``bench.logs`` does.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import re
-import shutil
-import signal
 import sqlite3
 import statistics
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,37 +81,9 @@ from typing import Any
 
 import httpx
 
-BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR.parent))  # run from a checkout, installed or not
-sys.path.insert(0, str(BENCH_DIR))  # the helpers of bench/logs.py
-
-from logs import (  # noqa: E402
-    CLK_TCK,
-    FINAL,
-    IMAGE,
-    LABEL_BENCH,
-    LABEL_JOB,
-    LABEL_WORKER,
-    PREFECT_DONE,
-    BackendDB,
-    BackendProcess,
-    EngineEvents,
-    Setup,
-    _cleanup,
-    _prefect_sid,
-    _stat_fields,
-    cpu_of,
-    epoch,
-    proc_status,
-    start_py_spy,
-    stop_py_spy,
-    summarise_gil,
-    summarise_wall,
-    versions,
-)
-
-from tests.support import WorkerProcess, free_port  # noqa: E402
-from worker_api.prefect_server import LocalPrefectServer  # noqa: E402
+from bench import harness, readings
+from bench.profiling import start_py_spy, stop_py_spy, summarise_gil, summarise_wall, thread_names
+from bench.readings import CLK_TCK, LIFECYCLE, Monitor, epoch, median, p90, proc_status, processes, threads_and_fds
 
 LABEL_RUN = "cicd.bench-run"
 TARGET_RATIO = 0.7
@@ -123,6 +92,7 @@ IDLE_TIMEOUT_SECONDS = 180.0
 SAMPLE_SECONDS = 0.5
 PROFILE_JOBS = 100
 DAEMONS = ("dockerd", "containerd")
+fmt = functools.partial(readings.fmt, digits=3)
 
 
 # -- small helpers -------------------------------------------------------------------------------------------------
@@ -130,24 +100,6 @@ DAEMONS = ("dockerd", "containerd")
 
 def mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
-
-
-def median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-def p90(values: list[float]) -> float | None:
-    if len(values) < 2:
-        return values[0] if values else None
-    return statistics.quantiles(values, n=10, method="inclusive")[8]
-
-
-def fmt(value: float | None, width: int = 8, digits: int = 3) -> str:
-    return f"{value:{width}.{digits}f}" if value is not None else f"{'n/a':>{width}}"
-
-
-def threads_and_fds(pid: int) -> tuple[int, int]:
-    return proc_status(pid, "Threads"), len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def _socket_peers(pid: int, ports: dict[int, str]) -> dict[str, str]:
@@ -188,26 +140,11 @@ def fd_kinds(pid: int, ports: dict[int, str]) -> Counter[str]:
 def labelled(kind: str, worker_id: str) -> int:
     """Containers (``ps -a``) or volumes carrying ``cicd.worker-id=<worker_id>``."""
     command = ["docker", "ps", "-aq"] if kind == "containers" else ["docker", "volume", "ls", "-q"]
-    found = subprocess.run([*command, "--filter", f"label={LABEL_WORKER}={worker_id}"],
+    found = subprocess.run([*command, "--filter", f"label={harness.LABEL_WORKER}={worker_id}"],
                            capture_output=True, text=True, timeout=60)
     if found.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed: {found.stderr.strip()}")
     return len(found.stdout.split())
-
-
-def py_spy() -> str | None:
-    exe = Path(sys.executable).with_name("py-spy")
-    return str(exe) if exe.exists() else shutil.which("py-spy")
-
-
-def thread_names(pid: int) -> Counter[str] | None:
-    """The worker's Python threads by name (digits folded: ``flow_3`` -> ``flow_#``), from ``py-spy dump``."""
-    exe = py_spy()
-    if exe is None:
-        return None
-    dump = subprocess.run([exe, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=120)
-    names = re.findall(r'^Thread \S+ \([^)]*\): "(.*)"', dump.stdout, re.MULTILINE)
-    return Counter(re.sub(r"\d+", "#", name) for name in names) if names else None
 
 
 # -- CPU accounting ------------------------------------------------------------------------------------------------
@@ -221,23 +158,11 @@ def host_busy_seconds() -> float:
 
 def daemon_cpu_seconds() -> float:
     """dockerd + containerd, with the children they reaped."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            if (entry / "comm").read_text().strip() in DAEMONS:
-                fields = _stat_fields(str(entry / "stat"))
-                total += sum(int(v) for v in fields[11:15]) / CLK_TCK
-    return total
+    return sum(sum(int(v) for v in fields[11:15]) / CLK_TCK for _, name, fields in processes() if name in DAEMONS)
 
 
 def dockerd_pid() -> int:
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
-            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "dockerd":
-                return int(entry.name)
-    return 0
+    return next((pid for pid, name, _ in processes() if name == "dockerd"), 0)
 
 
 ENGINE = "_engine"  # not CPU: dockerd's pid in a snapshot, 1.0 in a delta when the engine was restarted meanwhile
@@ -245,9 +170,9 @@ HOST = "host busy (all processes)"
 DAEMON = "dockerd + containerd"
 
 
-def cpu_snapshot(setup: Setup) -> dict[str, float]:
+def cpu_snapshot(setup: harness.Setup) -> dict[str, float]:
     own = os.times()
-    return {**cpu_of(setup), DAEMON: daemon_cpu_seconds(),
+    return {**harness.cpu_of(setup), DAEMON: daemon_cpu_seconds(),
             "docker CLIs (children of the bench)": own.children_user + own.children_system,
             "bench (this process)": own.user + own.system, HOST: host_busy_seconds(), ENGINE: float(dockerd_pid())}
 
@@ -258,71 +183,14 @@ def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
     return delta
 
 
-# -- set-up --------------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def environment(args: argparse.Namespace) -> Iterator[Setup]:
-    """Prefect server, reference backend (child process), worker process, docker events; all torn down after."""
-    workdir = Path(tempfile.mkdtemp(prefix="cicd-bench-soak-"))
-    worker_id = f"bench-soak-{uuid.uuid4().hex[:8]}"
-    env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "WORKER_PULL_POLICY": "never", "WORKER_ID": worker_id,
-           "WORKER_STATE_DIR": str(workdir / "state"), "WORKER_MAX_CONCURRENT_JOBS": str(args.concurrency),
-           "WORKER_MAX_QUEUED_JOBS": str(args.jobs + 100)}
-    with contextlib.ExitStack() as stack:
-        stack.callback(_cleanup, workdir, worker_id, worker_id, args.keep)
-        events = EngineEvents().start()
-        stack.callback(events.stop)
-        api_url = os.environ.get("PREFECT_API_URL")
-        prefect_sid = None
-        if not api_url:
-            env["PREFECT_HOME"] = str(workdir / "prefect-home")
-            # the server logs each request it answers 503 (a retryable database error): counted in the report
-            os.environ.update(PREFECT_HOME=env["PREFECT_HOME"], PREFECT_SERVER_ANALYTICS_ENABLED="false",
-                              PREFECT_SERVER_LOG_RETRYABLE_ERRORS="true")
-            server = LocalPrefectServer(port=free_port(), log_path=workdir / "prefect-server.log")
-            stack.callback(server.stop)
-            print(f"starting a Prefect server on port {server.port} ...", flush=True)
-            server.start(timeout=240)
-            api_url, prefect_sid = server.api_url, _prefect_sid(server)
-        else:
-            print(f"using the Prefect server at PREFECT_API_URL={api_url}", flush=True)
-        env["PREFECT_API_URL"] = api_url
-        data_dir = workdir / "backend"
-        data_dir.mkdir()
-        backend = BackendProcess(data_dir, workdir / "backend.log")
-        stack.callback(backend.stop)
-        backend.start()
-        assert backend.process is not None
-        env["WORKER_BACKEND_URL"] = backend.api_url
-        worker = WorkerProcess(env, workdir / "worker.log")
-        stack.callback(worker.stop)
-        worker.start(timeout=120)
-        limits = httpx.Limits(max_connections=4 * args.concurrency)
-        backend_http, worker_http, prefect_http = (
-            stack.enter_context(httpx.Client(base_url=url, timeout=60, limits=limits))
-            for url in (backend.url, worker.url, api_url))
-        yield Setup(backend_http, worker_http, prefect_http, worker, data_dir / "backend.db", backend.process.pid,
-                    prefect_sid, events, worker_id, worker_id, workdir)
-
-
 # -- jobs ----------------------------------------------------------------------------------------------------------
 
 
-def new_jobs(setup: Setup, prefix: str, count: int, concurrency: int) -> list[tuple[str, dict[str, Any]]]:
+def new_jobs(setup: harness.Setup, prefix: str, count: int, concurrency: int) -> list[tuple[str, dict[str, Any]]]:
     """``count`` one-job pipeline runs in the backend: (job execution id, JobExecutionDTO) each."""
 
-    def one(index: int) -> tuple[str, dict[str, Any]]:
-        spec = {"name": f"{prefix}-{index}", "jobs": [{"name": "noop", "dockerImage": IMAGE, "script": ["true"]}]}
-        created = setup.backend.post("/admin/pipeline-runs", json=spec)
-        created.raise_for_status()
-        job_id = created.json()["jobs"]["noop"]
-        dto = setup.backend.get(f"/api/jobs/{job_id}")
-        dto.raise_for_status()
-        return job_id, dto.json()
-
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        return list(pool.map(one, range(count)))
+        return list(pool.map(lambda index: harness.new_job(setup, f"{prefix}-{index}"), range(count)))
 
 
 @dataclass
@@ -344,7 +212,7 @@ class JobSample:
 
     @property
     def final_at(self) -> float | None:
-        final = self.history and self.history[-1]["status"] in FINAL
+        final = self.history and self.history[-1]["status"] in harness.FINAL
         return epoch(self.history[-1]["received_at"]) if final else None
 
     @property
@@ -352,8 +220,8 @@ class JobSample:
         return [h["status"] for h in self.history]
 
 
-def post_and_wait(setup: Setup, db: BackendDB, job_id: str, dto: dict[str, Any], poll: float, timeout: float
-                  ) -> JobSample:
+def post_and_wait(setup: harness.Setup, db: harness.BackendDB, job_id: str, dto: dict[str, Any], poll: float,
+                  timeout: float) -> JobSample:
     """POST one job and wait for its final status; a job without one after ``timeout`` s is given up on (it is
     reported, and fails the verdict) so that one lost job does not end the soak."""
     sent, start = time.time(), time.perf_counter()
@@ -364,7 +232,7 @@ def post_and_wait(setup: Setup, db: BackendDB, job_id: str, dto: dict[str, Any],
         return JobSample(job_id, "", sent, ack, ack, finished=False, error=error, reposted=reposted)
     flow_run_id = answer.json()["flowRunId"]
     deadline = start + timeout
-    while db.status(job_id) not in FINAL:
+    while db.status(job_id) not in harness.FINAL:
         process = setup.worker_process.process
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"the worker exited; see {setup.workdir / 'worker.log'}")
@@ -377,7 +245,8 @@ def post_and_wait(setup: Setup, db: BackendDB, job_id: str, dto: dict[str, Any],
     return JobSample(job_id, flow_run_id, sent, ack, time.perf_counter() - start, reposted=reposted)
 
 
-def post_job(setup: Setup, dto: dict[str, Any], timeout: float) -> tuple[httpx.Response | None, str | None, bool]:
+def post_job(setup: harness.Setup, dto: dict[str, Any], timeout: float
+             ) -> tuple[httpx.Response | None, str | None, bool]:
     """POST /api/job/execute: (answer, error, sent twice). A connection that fails at once (a keep-alive
     connection the worker closed) is retried once: the endpoint is idempotent per job execution id."""
     start = time.perf_counter()
@@ -433,13 +302,13 @@ def closed_loop(concurrency: int, count: int, one: Callable[[int, Any], Any], co
     return results, wall
 
 
-def worker_phase(setup: Setup, jobs: list[tuple[str, dict[str, Any]]], concurrency: int, poll: float,
+def worker_phase(setup: harness.Setup, jobs: list[tuple[str, dict[str, Any]]], concurrency: int, poll: float,
                  timeout: float) -> tuple[list[JobSample], float]:
-    def one(index: int, db: BackendDB) -> JobSample:
+    def one(index: int, db: harness.BackendDB) -> JobSample:
         return post_and_wait(setup, db, *jobs[index], poll, timeout)
 
-    samples, wall = closed_loop(concurrency, len(jobs), one, lambda: BackendDB(setup.db_path))
-    db = BackendDB(setup.db_path)
+    samples, wall = closed_loop(concurrency, len(jobs), one, lambda: harness.BackendDB(setup.db_path))
+    db = harness.BackendDB(setup.db_path)
     try:
         for sample in samples:
             sample.history, sample.violations = db.history(sample.job_id), db.violations(sample.job_id)
@@ -461,47 +330,13 @@ class _NoContext:
 
 
 def docker_run(bench_id: str, tag: str) -> RunSample:
-    command = ["docker", "run", "--rm", "--network", "none", "--label", f"{LABEL_BENCH}={bench_id}",
-               "--label", f"{LABEL_RUN}={tag}", IMAGE, "true"]
-    sent, start = time.time(), time.perf_counter()
-    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          timeout=DOCKER_RUN_TIMEOUT_SECONDS)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"docker run exited {done.returncode}: {done.stderr.decode(errors='replace')[-1000:]}")
-    return RunSample(tag, sent, wall)
+    command = harness.docker_run_command("true", labels={harness.LABEL_BENCH: bench_id, LABEL_RUN: tag})
+    return RunSample(tag, *harness.timed_run(command, DOCKER_RUN_TIMEOUT_SECONDS))
 
 
-def baseline_phase(setup: Setup, first: int, count: int, concurrency: int) -> tuple[list[RunSample], float]:
-    return closed_loop(concurrency, count, lambda index, _: docker_run(setup.bench_id, f"b{first + index}"),
+def baseline_phase(setup: harness.Setup, first: int, count: int, concurrency: int) -> tuple[list[RunSample], float]:
+    return closed_loop(concurrency, count, lambda index, _: docker_run(setup.worker_id, f"b{first + index}"),
                        _NoContext)
-
-
-class Monitor:
-    """Samples the worker's VmRSS, threads and fds every ``SAMPLE_SECONDS`` on a thread; keeps the maxima."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.rss_kib = self.threads = self.fds = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="worker-monitor", daemon=True)
-
-    def __enter__(self) -> Monitor:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _loop(self) -> None:
-        while True:
-            with contextlib.suppress(OSError, RuntimeError):
-                threads, fds = threads_and_fds(self.pid)
-                self.rss_kib = max(self.rss_kib, proc_status(self.pid, "VmRSS"))
-                self.threads, self.fds = max(self.threads, threads), max(self.fds, fds)
-            if self._stop.wait(SAMPLE_SECONDS):
-                return
 
 
 class PrefectProbe:
@@ -570,12 +405,12 @@ class Snapshot:
     fd_kinds: Counter[str] = field(default_factory=Counter)
 
 
-def known_ports(setup: Setup) -> dict[int, str]:
-    return {int(setup.prefect.base_url.port or 0): "the Prefect server", int(setup.backend.base_url.port or 0):
-            "the backend", setup.worker_process.port: "the worker's API"}
+def known_ports(setup: harness.Setup) -> dict[int, str]:
+    return {int(setup.prefect.base_url.port or 0): "the Prefect server",
+            int(setup.backend.http.base_url.port or 0): "the backend", setup.worker_process.port: "the worker's API"}
 
 
-def snapshot(setup: Setup, counts: tuple[int, int], waited: float, settled: bool) -> Snapshot:
+def snapshot(setup: harness.Setup, counts: tuple[int, int], waited: float, settled: bool) -> Snapshot:
     pid = setup.worker_pid
     return Snapshot(labelled("containers", setup.worker_id), labelled("volumes", setup.worker_id), counts[0],
                     counts[1], proc_status(pid, "VmRSS"), proc_status(pid, "VmHWM"), waited, settled,
@@ -595,12 +430,12 @@ def outbox_counts(state_dir: Path) -> tuple[int, int]:
     return int(rows.get("pending", 0)), int(rows.get("dead", 0))
 
 
-def unfinished_flow_runs(setup: Setup, flow_run_ids: list[str]) -> int | None:
+def unfinished_flow_runs(setup: harness.Setup, flow_run_ids: list[str]) -> int | None:
     """Flow runs of these ids not yet in a terminal state (None when the Prefect API did not answer)."""
     ids = [i for i in flow_run_ids if i]  # a refused POST has no flow run
     if not ids:
         return 0
-    body = {"flow_runs": {"id": {"any_": ids}, "state": {"type": {"not_any_": sorted(PREFECT_DONE)}}}}
+    body = {"flow_runs": {"id": {"any_": ids}, "state": {"type": {"not_any_": sorted(harness.PREFECT_DONE)}}}}
     try:
         answer = setup.prefect.post("/flow_runs/count", json=body)
         answer.raise_for_status()
@@ -610,7 +445,7 @@ def unfinished_flow_runs(setup: Setup, flow_run_ids: list[str]) -> int | None:
     return int(answer.json())
 
 
-def wait_idle(setup: Setup, flow_run_ids: list[str], settle: float) -> Snapshot:
+def wait_idle(setup: harness.Setup, flow_run_ids: list[str], settle: float) -> Snapshot:
     """Poll until the worker is idle (see the module docstring) and its thread/fd counts held for ``settle`` s."""
     pid, state_dir = setup.worker_pid, setup.workdir / "state"
     start = time.monotonic()
@@ -632,7 +467,7 @@ def wait_idle(setup: Setup, flow_run_ids: list[str], settle: float) -> Snapshot:
         time.sleep(0.1)
 
 
-def linger(setup: Setup, idle: Snapshot, seconds: float) -> tuple[Snapshot, float | None]:
+def linger(setup: harness.Setup, idle: Snapshot, seconds: float) -> tuple[Snapshot, float | None]:
     """Keep polling until threads and fds are back to the idle figure or ``seconds`` passed; (snapshot, when)."""
     pid, start = setup.worker_pid, time.monotonic()
     while True:
@@ -646,18 +481,6 @@ def linger(setup: Setup, idle: Snapshot, seconds: float) -> tuple[Snapshot, floa
 # -- breakdown -----------------------------------------------------------------------------------------------------
 
 
-def engine_containers(events: EngineEvents, label: str) -> dict[str, dict[str, float]]:
-    """Label value -> first epoch time of each lifecycle action, from the session's ``docker events`` stream."""
-    with events._lock:  # the stream's own list: EngineEvents only exposes per-container look-ups with a delay
-        seen = list(events._events)
-    out: dict[str, dict[str, float]] = {}
-    for event in seen:
-        value = ((event.get("Actor") or {}).get("Attributes") or {}).get(label)
-        if value is not None:
-            out.setdefault(value, {}).setdefault(event.get("Action", ""), event["timeNano"] / 1e9)
-    return out
-
-
 Marks = dict[str, float | None]
 
 
@@ -667,7 +490,7 @@ def worker_marks(samples: list[JobSample], containers: dict[str, dict[str, float
         engine = containers.get(s.job_id, {})
         points: dict[str, float | None] = {
             "RUNNING built (startTime)": s.at("RUNNING", "start_time"), "RUNNING received": s.at("RUNNING"),
-            **{f"container {a}": engine.get(a) for a in EngineEvents.ACTIONS},
+            **{f"container {a}": engine.get(a) for a in LIFECYCLE},
             "final built (completionTime)": s.at(s.statuses[-1], "completion_time") if s.history else None,
             "final received": s.final_at}
         mark: Marks = {key: None if at is None else at - s.sent for key, at in points.items()}
@@ -680,7 +503,7 @@ def baseline_marks(samples: list[RunSample], containers: dict[str, dict[str, flo
     marks = []
     for s in samples:
         engine = containers.get(s.tag, {})
-        mark: Marks = {f"container {a}": None if a not in engine else engine[a] - s.sent for a in EngineEvents.ACTIONS}
+        mark: Marks = {f"container {a}": None if a not in engine else engine[a] - s.sent for a in LIFECYCLE}
         mark["docker CLI exited"] = s.wall_s
         marks.append(mark)
     return marks
@@ -722,8 +545,8 @@ def print_steps(title: str, marks: list[Marks], rows: list[tuple[str, str | None
     print(f"  {title:<52} {'mean':>8} {'median':>8} {'p90':>8} {'max':>8} {'n':>5}")
     for label, start, end in rows:
         values = steps(marks, start, end)
-        print(f"    {label:<50} {fmt(mean(values))} {fmt(median(values))} {fmt(p90(values))} "
-              f"{fmt(max(values) if values else None)} {len(values):>5}")
+        print(f"    {label:<50} {fmt(mean(values), 8)} {fmt(median(values), 8)} {fmt(p90(values), 8)} "
+              f"{fmt(max(values) if values else None, 8)} {len(values):>5}")
 
 
 # -- report --------------------------------------------------------------------------------------------------------
@@ -864,7 +687,7 @@ def print_changes(title: str, idle: Counter[str] | None, end: Counter[str] | Non
         print(f"    {name:<66} {idle[name]:>5} {end[name]:>5} {lingered[name]:>5}")
 
 
-def flow_run_state(setup: Setup, flow_run_id: str) -> str:
+def flow_run_state(setup: harness.Setup, flow_run_id: str) -> str:
     try:
         state = setup.prefect.get(f"/flow_runs/{flow_run_id}").json().get("state") or {}
     except (httpx.HTTPError, ValueError) as exc:
@@ -872,7 +695,7 @@ def flow_run_state(setup: Setup, flow_run_id: str) -> str:
     return f"{state.get('type')} {str(state.get('message') or '')[:240]!r}"
 
 
-def prefect_retryable_errors(setup: Setup) -> str | None:
+def prefect_retryable_errors(setup: harness.Setup) -> str | None:
     """What the bench's own Prefect server logged as retryable (answered 503), by exception."""
     path = setup.workdir / "prefect-server.log"
     if setup.prefect_sid is None or not path.exists():
@@ -885,7 +708,7 @@ def prefect_retryable_errors(setup: Setup) -> str | None:
         "; ".join(cause for cause, _ in causes.most_common(3)) or "(no exception found in the log)")
 
 
-def print_histories(setup: Setup, r: Results) -> None:
+def print_histories(setup: harness.Setup, r: Results) -> None:
     bad = r.bad_histories()
     print(f"\nbackend histories: {r.jobs - len(bad)}/{r.jobs} exactly RUNNING, SUCCESS with no contract violation")
     for s in bad[:10]:
@@ -919,10 +742,10 @@ def verdict(r: Results) -> bool:
     return ok
 
 
-def report(setup: Setup, r: Results) -> None:
+def report(setup: harness.Setup, r: Results) -> None:
     print_throughput(r)
-    containers_w = engine_containers(setup.events, LABEL_JOB)
-    containers_b = engine_containers(setup.events, LABEL_RUN)
+    containers_w = setup.events.by_label(harness.LABEL_JOB)
+    containers_b = setup.events.by_label(LABEL_RUN)
     print("\nwhere the time per job goes (s; worker: after the POST; engine times from `docker events`)")
     print_steps("worker", worker_marks(r.worker, containers_w), WORKER_STEPS)
     print_steps("plain docker run", baseline_marks([run for runs, _, _ in r.halves for run in runs], containers_b),
@@ -938,9 +761,9 @@ def report(setup: Setup, r: Results) -> None:
 # -- main ----------------------------------------------------------------------------------------------------------
 
 
-def warm_up(setup: Setup, args: argparse.Namespace) -> tuple[Snapshot, list[str]]:
+def warm_up(setup: harness.Setup, args: argparse.Namespace) -> tuple[Snapshot, list[str]]:
     job = new_jobs(setup, "soak-warm-up", 1, 1)
-    db = BackendDB(setup.db_path)
+    db = harness.BackendDB(setup.db_path)
     try:
         sample = post_and_wait(setup, db, *job[0], args.poll_ms / 1000, args.job_timeout)
         statuses = [h["status"] for h in db.history(sample.job_id)]
@@ -948,7 +771,7 @@ def warm_up(setup: Setup, args: argparse.Namespace) -> tuple[Snapshot, list[str]
         db.close()
     if statuses != ["RUNNING", "SUCCESS"]:
         raise RuntimeError(f"warm-up job history {statuses}; see {setup.workdir / 'worker.log'}")
-    docker_run(setup.bench_id, "warm-up")
+    docker_run(setup.worker_id, "warm-up")
     idle = wait_idle(setup, [sample.flow_run_id], args.settle)
     print(f"warm-up done (one job, one docker run); idle after {idle.waited_s:.1f} s: containers {idle.containers}, "
           f"volumes {idle.volumes}, threads {idle.threads}, open files {idle.fds}, VmRSS {idle.rss_kib / 1024:.1f} "
@@ -956,7 +779,7 @@ def warm_up(setup: Setup, args: argparse.Namespace) -> tuple[Snapshot, list[str]
     return idle, [sample.flow_run_id]
 
 
-def timed_baseline(setup: Setup, first: int, count: int, concurrency: int, name: str
+def timed_baseline(setup: harness.Setup, first: int, count: int, concurrency: int, name: str
                    ) -> tuple[list[RunSample], float, dict[str, float]]:
     before = cpu_snapshot(setup)
     runs, wall = baseline_phase(setup, first, count, concurrency)
@@ -965,7 +788,7 @@ def timed_baseline(setup: Setup, first: int, count: int, concurrency: int, name:
     return runs, wall, cpu
 
 
-def measure(setup: Setup, args: argparse.Namespace) -> Results:
+def measure(setup: harness.Setup, args: argparse.Namespace) -> Results:
     idle, flow_runs = warm_up(setup, args)
     jobs = new_jobs(setup, "soak", args.jobs, args.concurrency)
     print(f"{len(jobs)} jobs created in the backend; plain half 1 ...", flush=True)
@@ -973,7 +796,7 @@ def measure(setup: Setup, args: argparse.Namespace) -> Results:
     halves = [timed_baseline(setup, 0, first_half, args.concurrency, "plain half 1")]
     print("worker phase ...", flush=True)
     before = cpu_snapshot(setup)
-    with Monitor(setup.worker_pid) as monitor, PrefectProbe(str(setup.prefect.base_url)) as probe:
+    with Monitor(setup.worker_pid, SAMPLE_SECONDS) as monitor, PrefectProbe(str(setup.prefect.base_url)) as probe:
         samples, wall = worker_phase(setup, jobs, args.concurrency, args.poll_ms / 1000, args.job_timeout)
     worker_cpu = cpu_delta(before, cpu_snapshot(setup))
     print(f"worker phase: {len(samples)} jobs final in {wall:.2f} s (client wall); waiting for the worker to be "
@@ -986,7 +809,7 @@ def measure(setup: Setup, args: argparse.Namespace) -> Results:
                    back_after, dead, probe.summary())
 
 
-def profile(setup: Setup, args: argparse.Namespace) -> None:
+def profile(setup: harness.Setup, args: argparse.Namespace) -> None:
     count = min(args.jobs, PROFILE_JOBS)
     for mode in ("gil", "wall"):
         jobs = new_jobs(setup, f"soak-profile-{mode}", count, args.concurrency)
@@ -1017,8 +840,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds more to watch threads/fds come back to the idle figure (default 30)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="afterwards, two more blocks of jobs under py-spy record; stacks saved in DIR")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (worker, backend, Prefect logs)")
-    args = parser.parse_args(argv)
+    harness.common_options(parser)
+    args = harness.parse(parser, argv)
     if args.jobs < 2 or args.concurrency < 1:
         parser.error("--jobs must be at least 2 and --concurrency at least 1")
     return args
@@ -1026,10 +849,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the set-up is torn down
-    print(versions(), flush=True)
-    with environment(args) as setup:
-        print(f"soak: {args.jobs} jobs (script `true`, image {IMAGE}) at client concurrency {args.concurrency}; "
+    harness.prologue()
+    worker_env = {"WORKER_MAX_CONCURRENT_JOBS": str(args.concurrency), "WORKER_MAX_QUEUED_JOBS": str(args.jobs + 100)}
+    # the Prefect server logs each request it answers 503 (a retryable database error): counted in the report
+    with harness.environment("soak", keep=args.keep, worker_env=worker_env,
+                             prefect_env={"PREFECT_SERVER_LOG_RETRYABLE_ERRORS": "true"},
+                             limits=httpx.Limits(max_connections=4 * args.concurrency)) as setup:
+        print(f"soak: {args.jobs} jobs (script `true`, image {harness.IMAGE}) at client concurrency "
+              f"{args.concurrency}; "
               f"worker pid {setup.worker_pid} with WORKER_MAX_CONCURRENT_JOBS={args.concurrency}, "
               f"WORKER_MAX_QUEUED_JOBS={args.jobs + 100}, WORKER_PULL_POLICY=never, WORKER_ID={setup.worker_id}; "
               f"backend pid {setup.backend_pid}", flush=True)

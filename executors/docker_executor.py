@@ -107,14 +107,6 @@ class DockerExecutor:
         detail = exc.explanation if isinstance(exc, docker.errors.APIError) and exc.explanation else exc
         return EngineUnavailable(f"{what}: Docker engine at {self.engine}: {detail}")
 
-    def ping(self) -> None:
-        """Raise :class:`EngineUnavailable` unless the engine answers within the deadline."""
-        try:
-            self.client.ping()
-        except _ENGINE_ERRORS as exc:
-            raise self.engine_error("Docker engine unreachable", exc) from exc
-        self._retry_removals()
-
     def check_image_allowed(self, image: str) -> None:
         """Raise :class:`ImageNotAllowed` unless ``image`` matches an allowed pattern (none set: any image).
 

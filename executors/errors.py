@@ -83,11 +83,6 @@ class ContainerLost(InfrastructureError):
 _TRANSIENT_LIBRARY_ERRORS = (docker.errors.APIError, requests.exceptions.ConnectionError)
 
 
-def is_infrastructure_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` means the runner broke (as opposed to the user's job failing)."""
-    return isinstance(exc, InfrastructureError | _TRANSIENT_LIBRARY_ERRORS)
-
-
 def is_retryable(exc: BaseException) -> bool:
     """Whether a task attempt that raised ``exc`` should be retried by default."""
     if isinstance(exc, InfrastructureError):

@@ -1,9 +1,10 @@
 """Cancel from the Prefect UI or API: watch the flow run's state and stop its jobs.
 
-A flow running in a thread of this process gets no signal when an operator cancels it (NOTES §4): the
-server only moves it to ``Cancelling``. This watcher polls the flow run and sets the cancel switch of
-each of its jobs, so the executor stops the containers (SIGTERM, then SIGKILL) and the jobs are reported
-``CANCELED``; the flow then returns a ``Cancelled`` state, which ends the run as Cancelled.
+A flow running in a thread of this process gets no signal when an operator cancels it: the server only
+moves it to ``Cancelling`` (docs/prefect-behaviours.md, "Cancelling an in-process flow"). This watcher
+polls the flow run and sets the cancel switch of each of its jobs, so the executor stops the containers
+(SIGTERM, then SIGKILL) and the jobs are reported ``CANCELED``; the flow then returns a ``Cancelled``
+state, which ends the run as Cancelled.
 """
 
 from __future__ import annotations

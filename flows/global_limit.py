@@ -7,8 +7,8 @@ limit of one process.
 
 Why not ``prefect.concurrency.sync.concurrency``:
 
-* it skips a limit that does not exist with a warning and limits nothing (NOTES §5); here that fails the
-  job, naming the limit;
+* it skips a limit that does not exist with a warning and limits nothing (docs/prefect-behaviours.md,
+  "Concurrency"); here that fails the job, naming the limit;
 * its wait sleeps a server-chosen ``Retry-After`` (up to 30 s) and cannot be interrupted, and with
   ``max_retries=0`` every refusal logs an ERROR. Here each refusal (HTTP 423) sleeps
   ``min(Retry-After, _MAX_POLL_SECONDS)`` on the job's cancel switch: a canceled job stops waiting at once

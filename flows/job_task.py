@@ -5,7 +5,8 @@ Used by both the execute-job flow and the execute-pipeline flow.
 Retries: infrastructure failures are retried up to ``WORKER_MAX_RETRIES`` times (or the job's own
 ``retries``); a script's own failure (non-zero exit, timeout) only when the job sets ``retries``.
 Hooks: ``on_running`` reports ``RUNNING`` on every attempt, ``on_completion``/``on_failure`` report the
-final status with the log (they fire once, after the last attempt).
+final status with the log (they fire once, after the last attempt: docs/prefect-behaviours.md, "Task
+state hooks" and "Retries").
 """
 
 from __future__ import annotations

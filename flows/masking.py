@@ -120,6 +120,9 @@ def _embedded_base64(data: bytes) -> list[str]:
     return cores
 
 
+_LONG_TEXT = 1024
+
+
 class Masker:
     """Replaces every needle with ``[MASKED]`` in one pass; falsy when there is nothing to mask.
 
@@ -132,6 +135,7 @@ class Masker:
         words = sorted({needle for needle in needles if needle})
         self._pattern = _compile(words) if words else None
         self._shortest = min(map(len, words), default=0)
+        self._needles = sorted(words, key=len, reverse=True)
 
     def __bool__(self) -> bool:
         return self._pattern is not None
@@ -139,6 +143,10 @@ class Masker:
     def mask(self, text: str) -> str:
         """``text`` with every needle replaced by ``[MASKED]``."""
         if self._pattern is None or len(text) < self._shortest:
+            return text
+        # On long pieces (a 64 KiB line) the regex engine steps through every character, ~4x slower than a
+        # substring search per needle; on short lines the regex is the cheaper of the two.
+        if len(text) > _LONG_TEXT and not any(needle in text for needle in self._needles):
             return text
         return self._pattern.sub(MASK, text)
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from uuid import UUID
 
 import networkx as nx
 
+from executors.errors import WorkerError
 from flows.job_log import WORKER_PREFIX
 from flows.planning import JobNode, PlanningError, build_graph
 from worker_api.backend_client import BackendClient
 from worker_api.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class PipelineRun:
@@ -24,10 +27,6 @@ class PipelineRun:
     jobs: dict[str, JobExecutionDTO]
     dependencies: dict[str, list[str]]
     graph: nx.DiGraph
-
-    @property
-    def name(self) -> str:
-        return f"pipeline {str(self.pipeline_execution_id)[:8]} ({len(self.jobs)} jobs)"
 
 
 def plan(pipeline_execution_id: UUID, jobs: list[JobExecutionDTO],
@@ -60,7 +59,16 @@ def load_pipeline(backend: BackendClient, pipeline_execution_id: UUID) -> Pipeli
 
 
 def report_refusal(backend: BackendClient, jobs: list[JobExecutionDTO], error: PlanningError) -> None:
-    """Tell the backend that no job of an invalid run will run, so that it does not wait forever."""
+    """Tell the backend that no job of an invalid run will run, so that it does not wait forever.
+
+    Posted directly, not through the outbox: ``POST /api/pipeline/execute`` answers 422 only once the backend
+    has these ``FAILED`` statuses. A backend that cannot take them within the client's retry window gets the
+    422 answer all the same (the planning error is raised by the caller); the loss is logged loudly.
+    """
     text = f"{WORKER_PREFIX} pipeline refused before anything ran:\n{error}\n"
     for job in jobs:
-        backend.update_job_status(JobStatusUpdate(job_execution_id=job.id, status=ExecutionStatus.FAILED, logs=text))
+        try:
+            backend.update_job_status(JobStatusUpdate(job_execution_id=job.id, status=ExecutionStatus.FAILED,
+                                                      logs=text))
+        except WorkerError as exc:
+            log.error("could not report FAILED for job %s of a refused pipeline: %s", job.id, exc)

@@ -1,7 +1,7 @@
 """Pure DAG planning for a pipeline run: jobs in, validated graph and ready sets out.
 
 Nothing here touches Docker, Prefect, HTTP or the file system, so the pipeline flow's
-whole scheduling logic is tested as plain functions (STYLE.md, convention 2).
+whole scheduling logic is tested as plain functions (``tests/flows/test_planning.py``).
 
 Data moves one way::
 

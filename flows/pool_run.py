@@ -9,10 +9,11 @@ does them; it is a no-op for a run that did not come from a deployment.
    its outbox and in-flight list there, so no two senders share one outbox. Taking a slot first delivers
    what a dead predecessor in that slot left, and reports the jobs it cut off (``FAILED``).
 2. **Container limit across hosts**: see :mod:`flows.global_limit`.
-3. **SIGTERM means cancel.** The worker cancels a run by SIGTERM to its process (NOTES §4), which
-   Prefect turns into an exception wherever the main thread is, leaving containers and statuses
-   behind. Here it sets the cancel switch of every job instead: containers are stopped, jobs are
-   reported ``CANCELED``, and the process exits well inside the worker's 30 s grace.
+3. **SIGTERM means cancel.** The worker cancels a run by SIGTERM to its process (docs/prefect-behaviours.md,
+   "Cancelling a deployment run"), which Prefect turns into an exception wherever the main thread is,
+   leaving containers and statuses behind. Here it sets the cancel switch of every job instead:
+   containers are stopped, jobs are reported ``CANCELED``, and the process exits well inside the
+   worker's 30 s grace.
 4. **Nothing left unsent.** The outbox is flushed before the process exits.
 """
 

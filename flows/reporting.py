@@ -1,8 +1,11 @@
-"""Reporting a job's statuses to the backend: the one delivery path, used by the state hooks.
+"""Reporting a job's statuses to the backend through the durable outbox; used by the state hooks and flows.
 
-Every status of one job execution goes ``RUNNING`` (once per attempt) → one final status, or only
-``CANCELED`` when it never started. A hook that cannot reach the backend logs loudly: Prefect swallows
-exceptions raised by hooks, so this module must not rely on raising.
+Every status of one job execution goes ``RUNNING`` (once per attempt) → one final status; a job that
+never starts gets its final status only (docs/contract.md, "The status rules"). Statuses are queued in
+the outbox (:mod:`worker_api.outbox`), never posted here, so a hook never waits for the backend. Queuing
+can still fail (the disk): that is logged loudly, since Prefect swallows exceptions raised by hooks
+(docs/prefect-behaviours.md, "Task state hooks"). The one status posted outside the outbox is the refusal
+of an invalid pipeline run before anything ran (:func:`flows.pipeline_plan.report_refusal`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Process-wide parts shared by flows and the API: the executor, the backend client, the job registry.
+"""Process-wide parts shared by flows and the API: the executor, the backend client, the outbox, the
+in-flight store and the job registry.
 
 Built on first use from the settings (never at import time) and replaceable by tests via ``reset()``.
 """

@@ -1,4 +1,4 @@
-"""A small, real CI/CD backend implementing the backend side of CONTRACT.md.
+"""A small, real CI/CD backend implementing the backend side of the contract (``docs/contract.md``).
 
 FastAPI + SQLite, artifacts on disk, Jackson-style JSON on the wire. Tests of
 the worker drive it over loopback HTTP (:class:`reference_backend.server.BackendServer`);

@@ -12,7 +12,7 @@ from reference_backend.app import create_app
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="cicd-reference-backend", description="Reference CI/CD backend implementing CONTRACT.md."
+        prog="cicd-reference-backend", description="Reference CI/CD backend (the backend side of docs/contract.md)."
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)

@@ -1,4 +1,4 @@
-"""The contract side (CONTRACT.md, "Worker → backend"): routes a worker calls, mounted under ``/api``."""
+"""The contract side (docs/contract.md, "Worker → backend"): routes a worker calls, mounted under ``/api``."""
 
 from __future__ import annotations
 

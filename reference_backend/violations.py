@@ -1,6 +1,6 @@
 """Contract checks on the sequence of statuses a worker reports for one job execution.
 
-CONTRACT.md: every status for one job execution follows ``RUNNING`` → one
+The contract (docs/contract.md): every status for one job execution follows ``RUNNING`` → one
 final status; a job that never starts gets only ``CANCELED``; delivery is at
 least once (repeats are fine) and never goes backwards. The backend does not
 refuse a breach (a real backend would not either); it records it so tests can

@@ -1,7 +1,7 @@
 """Wire format of the reference backend: the bodies it reads and the JSON it writes.
 
 Everything here imitates a Spring Boot service serialised by Jackson, because
-that is the backend the worker is written against (see CONTRACT.md):
+that is the backend the worker is written against (see docs/contract.md):
 
 * camelCase names, enums as their upper-case names, UUIDs as strings;
 * the ``isLocal`` flag is written as ``local`` (Jackson strips ``is`` from a

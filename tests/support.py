@@ -1,4 +1,5 @@
-"""Shared test helpers: polling with a deadline, free ports, a worker process, backend admin calls."""
+"""Shared test helpers (also the benchmarks' own, through bench/harness.py): polling with a deadline, free ports,
+a worker process, backend admin calls."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 
@@ -20,7 +21,8 @@ FINAL = {"SUCCESS", "FAILED", "CANCELED"}
 REPO = Path(__file__).resolve().parent.parent
 
 
-def wait_for(probe: Callable[[], T], timeout: float = 30.0, interval: float = 0.1, what: str = "condition") -> T:
+def wait_for(probe: Callable[[], T | Literal[False] | None], timeout: float = 30.0, interval: float = 0.1,
+             what: str = "condition") -> T:
     """Poll ``probe`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -68,22 +70,30 @@ class WorkerProcess:
             return None
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
+        stop_group(self.process, 20)
+
+
+def stop_group(process: subprocess.Popen[bytes] | None, grace: float) -> None:
+    """SIGTERM to the process group of a child started with ``start_new_session``; SIGKILL after ``grace`` s."""
+    if process and process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
 
 
 class Backend:
-    """Admin-side calls to the reference backend that tests make."""
+    """Admin-side calls to the reference backend that tests (and benchmarks) make.
 
-    def __init__(self, url: str) -> None:
+    ``client`` options go to the ``httpx.Client`` (default: a 30 s timeout).
+    """
+
+    def __init__(self, url: str, **client: Any) -> None:
         self.url = url
         self.api_url = url + "/api"
-        self.http = httpx.Client(base_url=url, timeout=30)
+        self.http = httpx.Client(base_url=url, **{"timeout": 30, **client})
 
     def create_run(self, jobs: list[dict[str, Any]], name: str = "test-pipeline", **extra: Any) -> dict[str, Any]:
         jobs = [{"dockerImage": TEST_IMAGE, "script": ["true"], **job} for job in jobs]

@@ -1,4 +1,4 @@
-"""The worker's HTTP API (backend → worker calls of ``CONTRACT.md``). Routes validate and hand off."""
+"""The worker's HTTP API (backend → worker calls of ``docs/contract.md``). Routes validate and hand off."""
 
 from __future__ import annotations
 

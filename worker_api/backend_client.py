@@ -1,4 +1,4 @@
-"""HTTP client for every worker → backend call of ``CONTRACT.md``.
+"""HTTP client for every worker → backend call of ``docs/contract.md``.
 
 Only a 2xx answer is a success. Transient failures (connection errors, timeouts, 3xx, 5xx, 429, an
 answer broken off or too large) are retried with exponential backoff and jitter for up to
@@ -159,7 +159,7 @@ class BackendClient:
             return self._http.build_request("POST", "/job/artifact/upload", content=body.chunks(), headers={
                 "Content-Type": body.content_type, "Content-Length": str(body.length)})
 
-        size = content.stat().st_size if isinstance(content, Path) else len(content)
+        size = _size_of(content)
         try:
             # A large file needs time to travel: one more second per MiB on top of the call's deadline.
             self._request("POST", "/job/artifact/upload", build, extra_seconds=size / _UPLOAD_BYTES_PER_SECOND)
@@ -275,6 +275,16 @@ def _judge(method: str, path: str, response: httpx.Response, body: bytes) -> Ans
         raise BackendRejected(method, path, status, body.decode("utf-8", "replace"))
     where = f" to {response.headers.get('location', '?')} (not followed)" if 300 <= status < 400 else ""
     return _Failure(f"HTTP {status}{where}", answered=True, status_code=status)
+
+
+def _size_of(content: bytes | Path) -> int:
+    """Bytes to upload; 0 for a file that cannot be read (the request build then says why)."""
+    if not isinstance(content, Path):
+        return len(content)
+    try:
+        return content.stat().st_size
+    except OSError:
+        return 0
 
 
 def _parse(parser: Callable[[Any], Any], data: Any, path: str) -> Any:

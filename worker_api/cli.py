@@ -1,4 +1,4 @@
-"""``cicd-worker``: serve the API, or run one job from the shell.
+"""``cicd-worker``: serve the API, or run jobs, pipelines and pipeline files from the shell.
 
 Prefect is imported only after ``PREFECT_API_URL`` is settled, because its settings are read on import.
 """

@@ -4,8 +4,10 @@ What scale-out needs on the Prefect server, made idempotently (safe to run again
 
 1. the work pool (type ``process``), unless it exists;
 2. the global concurrency limit on containers (``WORKER_CONCURRENCY_LIMIT_NAME``, limit
-   ``WORKER_MAX_CONCURRENT_JOBS``), created or its limit updated. A limit that does not exist would be
-   skipped silently by Prefect (NOTES §5), so the flows acquire it with ``strict=True``;
+   ``WORKER_MAX_CONCURRENT_JOBS``), created or its limit updated. Prefect's own ``concurrency()`` skips a
+   limit that does not exist and limits nothing (docs/prefect-behaviours.md, "Concurrency"), so the flows
+   take their slots through :mod:`flows.global_limit`, which fails the job, naming the limit, when it is
+   missing;
 3. the deployments of ``prefect.yaml`` (``execute-job/<name>``, ``execute-pipeline/<name>``), with its pull
    steps as written. ``{{ $CICD_WORKER_HOME }}`` is kept as a template and resolved by each worker at run
    time, which is why this does not shell out to ``prefect deploy`` (that bakes in the deployer's value

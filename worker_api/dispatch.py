@@ -1,8 +1,9 @@
 """Turning accepted requests into Prefect flow runs executed in this process.
 
 The flow run is created first (state Pending) so that its id can be answered at once, then run by
-``prefect.flow_engine.run_flow`` on a dedicated thread pool (NOTES §3, option A). The container limit
-is enforced by the executor, not by this pool: flows waiting for dependencies hold no container slot.
+``prefect.flow_engine.run_flow`` on a dedicated thread pool (docs/prefect-behaviours.md, "Running flow
+runs from the API process"). The container limit is enforced by the executor, not by this pool: flows
+waiting for dependencies hold no container slot.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Wire models of ``CONTRACT.md``: lenient on input, camelCase and strict on output.
+"""Wire models of the contract (``docs/contract.md``): lenient on input, camelCase and strict on output.
 
-Reading rules (CONTRACT.md): unknown fields are ignored; ``isLocal`` may arrive as ``local``;
+Reading rules (docs/contract.md, "Reading rules"): unknown fields are ignored; ``isLocal`` may arrive as ``local``;
 a timestamp may be an ISO-8601 string, epoch seconds, or a Jackson array ``[y, m, d, h, mi, s, nanos]``;
 a missing optional field takes its default. Anything else is refused naming the field.
 """

@@ -1,4 +1,5 @@
-"""Durable delivery: every status update, log chunk and artifact goes through one outbox on disk.
+"""Durable delivery: every status update, log chunk and artifact of a job the worker runs goes through one
+outbox on disk.
 
 Items are stored in SQLite (WAL) under ``WORKER_STATE_DIR`` and sent by one background sender, oldest
 first, so that the updates of a job reach the backend in the order they were made (never an older
@@ -89,7 +90,8 @@ class Item:
 
 
 class Outbox:
-    """The worker's one delivery path to the backend; thread-safe."""
+    """The worker's delivery path to the backend for the statuses, log chunks and artifacts of the jobs it
+    runs (the refusal of an invalid pipeline run is posted directly: ``flows.pipeline_plan``); thread-safe."""
 
     def __init__(self, state_dir: Path, backend: BackendClient, limits: OutboxLimits | None = None) -> None:
         self.dir = state_dir / "outbox"

@@ -3,8 +3,10 @@
 Every job this worker accepted is written down (SQLite, under ``WORKER_STATE_DIR``) until its final
 status is queued in the outbox. At start-up, jobs still written down were cut off by the crash: each is
 reported ``FAILED`` ("worker restarted while the job was running", with the log captured so far from its
-container), its container and workspace volume are removed, and its Prefect flow run is marked Crashed
-instead of being left Running. Containers and volumes with this worker's label but no record go too.
+container), its container is removed, and its Prefect flow run is marked Crashed instead of being left
+Running. The API's start-up then sweeps every other container and every volume with this worker's label
+(workspace volumes included); a pool flow process (``sweep=False``, beside others on the same engine)
+removes only the containers of its own cut-off jobs and leaves volumes alone.
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ def recover(executor: DockerExecutor, outbox: Outbox, inflight: InflightJobs, ta
     The output captured from a cut-off job's container is masked with ``masks`` (the job's secrets, from
     the backend); when they cannot be learnt the output is withheld, never sent unmasked.
     ``sweep=False`` (a pool flow process, beside others on the same engine): only the jobs of this
-    in-flight list; other labelled containers and volumes are left alone.
+    in-flight list and their containers; other labelled containers and all volumes are left alone.
     """
     containers = {c.labels.get(LABEL_JOB): c for c in executor.client.containers.list(
         all=True, filters={"label": f"{LABEL_WORKER}={executor.worker_id}"}, ignore_removed=True)}

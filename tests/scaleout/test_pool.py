@@ -54,7 +54,10 @@ class PrefectWorker:
         return self
 
     def stop(self) -> None:
-        """SIGTERM twice: an idle worker ignores the first for half a minute (NOTES §7)."""
+        """SIGTERM twice: an idle worker ignores the first one for half a minute or more.
+
+        See docs/prefect-behaviours.md, "Process workers and signals".
+        """
         process = self.process
         if process is None or process.poll() is not None:
             return
