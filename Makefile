@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup docker chromium run serve test lint bench clean
+.PHONY: setup docker chromium run serve test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,13 +30,19 @@ run: setup
 serve: setup
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/cicd-worker serve
 
+## ruff, mypy, and the layer contracts of pyproject.toml (imports point down only; no module circles)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 ## lint, type-check and run the whole suite (real engine, real Prefect server, reference backend)
 test: setup chromium lint
 	$(BIN)/pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
+
+## the suite without the tests marked slow (fault injection, crashes, engine restarts, scale-out, browser)
+test-fast: setup lint
+	$(BIN)/pytest -q -p no:cacheprovider --durations=10 -m "not slow" $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python -m bench.job_latency

@@ -38,10 +38,10 @@ from typing import Any
 import httpx
 
 from bench.readings import EngineEvents, cpu_seconds, session_cpu_seconds
+from cli.prefect_server import LocalPrefectServer
 from reference_backend.server import BackendServer
 from tests.support import FINAL as FINAL  # re-exported: the benchmarks import the test suite only through here
 from tests.support import REPO, TEST_IMAGE, Backend, WorkerProcess, free_port, stop_group, wait_for
-from worker_api.prefect_server import LocalPrefectServer
 
 IMAGE = TEST_IMAGE
 PREFECT_DONE = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}

@@ -29,7 +29,7 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
-from worker_api.models import MAX_ARTIFACT_PATTERN_CHARS, MAX_ARTIFACT_PATTERNS
+from core.models import MAX_ARTIFACT_PATTERN_CHARS, MAX_ARTIFACT_PATTERNS
 
 __all__ = ["MAX_ARTIFACT_PATTERNS", "MAX_ARTIFACT_PATTERN_CHARS", "ArtifactPattern", "archive_roots",
            "parse_patterns"]

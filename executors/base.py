@@ -6,7 +6,7 @@ An :class:`Executor` runs one :class:`JobSpec` and returns a :class:`JobResult`:
   ``log_sink`` as it comes, in order, without its trailing newline.
 * A non-zero exit, a timeout and a cancellation are *results*, not exceptions (``exit_code``,
   ``timed_out``, ``canceled``). Exceptions mean the runner broke: subclasses of
-  :class:`executors.errors.InfrastructureError`.
+  :class:`core.errors.InfrastructureError`.
 * ``cancel`` may be set at any moment (before start, during pull, after exit); the executor stops
   the job promptly (SIGTERM, then SIGKILL after ``stop_grace_seconds``) and reports ``canceled``.
 * Cleanup always runs: whatever happens, nothing the executor created is left behind.

@@ -38,10 +38,10 @@ from docker.models.containers import Container
 from docker.types import Mount
 from docker.utils import parse_repository_tag
 
+from core.errors import ContainerLost, EngineUnavailable, ImageNotAllowed, ImageUnavailable
 from executors.artifacts import ArtifactCollection, ArtifactLimits, collect_artifacts
 from executors.base import JobResult, JobSpec, LogSink
 from executors.container_files import ContainerFiles
-from executors.errors import ContainerLost, EngineUnavailable, ImageNotAllowed, ImageUnavailable
 from executors.output import LineSplitter
 from executors.script import build_shell_script
 from executors.workspace_seed import DEFAULT_MAX_BYTES as DEFAULT_SEED_MAX_BYTES

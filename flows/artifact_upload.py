@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from prefect.artifacts import create_table_artifact
 
+from core.errors import ArtifactsLost
+from core.multipart import name_bytes, readable_name
+from core.outbox import DELIVERED, PENDING, Outbox
 from executors.artifacts import ArtifactCollection
-from executors.errors import ArtifactsLost
 from flows.job_log import JobLog
-from worker_api.multipart import name_bytes, readable_name
-from worker_api.outbox import DELIVERED, PENDING, Outbox
 
 
 def upload_artifacts(outbox: Outbox, job_execution_id: str, collection: ArtifactCollection,

@@ -6,10 +6,10 @@ import threading
 import time
 from uuid import UUID
 
-from executors.errors import WorkerError
+from core.backend_client import BackendClient
+from core.errors import WorkerError
+from core.models import ExecutionStatus
 from flows.job_log import JobLog
-from worker_api.backend_client import BackendClient
-from worker_api.models import ExecutionStatus
 
 
 class DependencyTimeout(WorkerError):

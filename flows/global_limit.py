@@ -33,9 +33,9 @@ from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.client.schemas.responses import ConcurrencyLimitWithLeaseResponse
 from prefect.runtime import flow_run as runtime_flow_run
 
-from executors.errors import InfrastructureError
+from core.errors import InfrastructureError
+from core.settings import get_settings
 from flows.pool_run import in_pool_process
-from worker_api.settings import get_settings
 
 log = logging.getLogger(__name__)
 

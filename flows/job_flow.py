@@ -10,7 +10,9 @@ from prefect import flow
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Cancelled, Failed
 
-from executors.errors import WorkerError
+from core.errors import WorkerError
+from core.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate
+from core.settings import get_settings
 from flows.cancel_watch import PrefectCancelWatcher
 from flows.dependencies import wait_for_dependencies
 from flows.handoff import HandOff
@@ -20,8 +22,6 @@ from flows.pool_run import canceled_before_start, pool_process
 from flows.reporting import JobReporter
 from flows.runtime import JobRecord, get_backend, get_inflight, get_outbox, get_registry
 from flows.workspace import job_workspace_name, workspace
-from worker_api.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate
-from worker_api.settings import get_settings
 
 log = logging.getLogger(__name__)
 

@@ -21,19 +21,19 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.states import State
 
+from core import metrics
+from core.errors import ArtifactsLost, InfrastructureError, JobFailure, JobTimedOut, ScriptFailed, is_retryable
+from core.models import ExecutionStatus, JobExecutionDTO
+from core.settings import Settings, get_settings
 from executors.artifacts import discard
 from executors.base import JobResult, JobSpec
-from executors.errors import ArtifactsLost, InfrastructureError, JobFailure, JobTimedOut, ScriptFailed, is_retryable
 from flows.artifact_upload import publish_artifact_table, upload_artifacts
 from flows.global_limit import container_slot
 from flows.job_log import JobLog
 from flows.pool_run import pool_labels
+from flows.recovery import LABEL_FLOW_RUN
 from flows.reporting import JobReporter, hook_attempt
 from flows.runtime import get_executor
-from worker_api import metrics
-from worker_api.models import ExecutionStatus, JobExecutionDTO
-from worker_api.recovery import LABEL_FLOW_RUN
-from worker_api.settings import Settings, get_settings
 
 
 class JobRun:

@@ -12,9 +12,9 @@ import logging
 import threading
 from uuid import UUID
 
+from core.models import LogChunk
+from core.outbox import Outbox
 from flows.job_log import JobLog
-from worker_api.models import LogChunk
-from worker_api.outbox import Outbox
 
 log = logging.getLogger(__name__)
 

@@ -61,7 +61,7 @@ class SecretScan:
 
 
 class SecretSettings(Protocol):
-    """The worker settings that decide what is a secret (``worker_api.settings.Settings`` has them)."""
+    """The worker settings that decide what is a secret (``core.settings.Settings`` has them)."""
 
     secret_env_patterns: list[str]
     secret_env_exclude: list[str]

@@ -20,6 +20,8 @@ from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Cancelled, Completed, Failed
 
+from core.models import ExecutionStatus
+from core.settings import get_settings
 from flows.cancel_watch import PrefectCancelWatcher
 from flows.handoff import HandOff
 from flows.job_task import JobRun, job_task, new_job_run
@@ -29,8 +31,6 @@ from flows.pool_run import pool_process
 from flows.reporting import JobReporter
 from flows.runtime import get_backend, get_executor, get_inflight, get_outbox, get_registry
 from flows.workspace import pipeline_workspace_name, workspace
-from worker_api.models import ExecutionStatus
-from worker_api.settings import get_settings
 
 _OUTCOME_OF = {ExecutionStatus.SUCCESS: Outcome.SUCCESS, ExecutionStatus.CANCELED: Outcome.CANCELED}
 

@@ -8,11 +8,11 @@ from uuid import UUID
 
 import networkx as nx
 
-from executors.errors import WorkerError
+from core.backend_client import BackendClient
+from core.errors import WorkerError
+from core.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate
 from flows.job_log import WORKER_PREFIX
 from flows.planning import JobNode, PlanningError, build_graph
-from worker_api.backend_client import BackendClient
-from worker_api.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate
 
 log = logging.getLogger(__name__)
 

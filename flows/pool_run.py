@@ -32,10 +32,10 @@ from typing import IO, Any
 
 from prefect.context import FlowRunContext
 
+from core.settings import get_settings
+from core.state_db import private_dir, private_file
 from flows import runtime
-from worker_api.recovery import RecoveryMasks, recover
-from worker_api.settings import get_settings
-from worker_api.state_db import private_dir, private_file
+from flows.recovery import RecoveryMasks, recover
 
 log = logging.getLogger(__name__)
 

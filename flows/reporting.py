@@ -2,7 +2,7 @@
 
 Every status of one job execution goes ``RUNNING`` (once per attempt) → one final status; a job that
 never starts gets its final status only (docs/contract.md, "The status rules"). Statuses are queued in
-the outbox (:mod:`worker_api.outbox`), never posted here, so a hook never waits for the backend. Queuing
+the outbox (:mod:`core.outbox`), never posted here, so a hook never waits for the backend. Queuing
 can still fail (the disk): that is logged loudly, since Prefect swallows exceptions raised by hooks
 (docs/prefect-behaviours.md, "Task state hooks"). The one status posted outside the outbox is the refusal
 of an invalid pipeline run before anything ran (:func:`flows.pipeline_plan.report_refusal`).
@@ -14,15 +14,15 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from core import metrics
+from core.inflight import InflightJobs
+from core.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate
+from core.outbox import Outbox
+from core.settings import Settings
 from flows.job_log import JobLog
 from flows.log_shipping import LogShipper
 from flows.masking import scan_job_env
 from flows.runtime import JobRecord
-from worker_api import metrics
-from worker_api.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate
-from worker_api.outbox import Outbox
-from worker_api.recovery import InflightJobs
-from worker_api.settings import Settings
 
 log = logging.getLogger(__name__)
 

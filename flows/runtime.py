@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from core.backend_client import BackendClient
+from core.delivery_policy import OutboxLimits
+from core.inflight import InflightJobs
+from core.job_records import JobRecord as JobRecord  # re-exported: flows and the API import it from here
+from core.job_records import JobRegistry, JobStore
+from core.outbox import Outbox
+from core.settings import get_settings
 from executors.docker_executor import DockerExecutor
-from flows.job_records import JobRecord as JobRecord  # re-exported: flows and the API import it from here
-from flows.job_records import JobRegistry, JobStore
-from worker_api.backend_client import BackendClient
-from worker_api.delivery_policy import OutboxLimits
-from worker_api.outbox import Outbox
-from worker_api.recovery import InflightJobs
-from worker_api.settings import get_settings
 
 
 @lru_cache(maxsize=1)
@@ -50,7 +50,7 @@ def get_inflight() -> InflightJobs:
 
 @lru_cache(maxsize=1)
 def get_registry() -> JobRegistry:
-    """The registry of job executions, on disk under the state dir (see :mod:`flows.job_records`)."""
+    """The registry of job executions, on disk under the state dir (see :mod:`core.job_records`)."""
     return JobRegistry(JobStore(get_settings().state_dir / "jobs.db"))
 
 

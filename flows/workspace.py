@@ -10,9 +10,9 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
-from executors.errors import InfrastructureError
+from core.errors import InfrastructureError
+from core.settings import get_settings
 from flows.runtime import get_executor
-from worker_api.settings import get_settings
 
 log = logging.getLogger(__name__)
 

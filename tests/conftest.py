@@ -32,7 +32,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["WORKER_STATE_DIR"] = str(_SESSION_DIR / "state")
     if os.environ.get("PREFECT_API_URL"):
         return
-    from worker_api.prefect_server import LocalPrefectServer
+    from cli.prefect_server import LocalPrefectServer
 
     ARTIFACT_DIR.mkdir(exist_ok=True)
     _server = LocalPrefectServer(port=free_port(), log_path=ARTIFACT_DIR / "prefect-server.log")

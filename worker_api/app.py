@@ -18,19 +18,19 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
+from core import metrics
+from core.backend_client import BackendRejected
+from core.models import ExecuteAccepted, JobExecutionDTO, JobView, PipelineExecuteRequest
+from core.settings import get_settings
 from flows.planning import PlanningError
+from flows.recovery import RecoveryMasks, recover
 from flows.runtime import get_executor, get_inflight, get_outbox, get_registry
-from worker_api import metrics
-from worker_api.backend_client import BackendRejected
 from worker_api.dispatch import FlowDispatcher
 from worker_api.exposure import INSECURE_WARNING, Exposure, classify, refusal_message
 from worker_api.health import HealthChecks, public
 from worker_api.lifecycle import DRAIN
 from worker_api.limits import RETRY_AFTER_SECONDS, BodyTooLarge, QueueFull, RequestGuard
-from worker_api.models import ExecuteAccepted, JobExecutionDTO, JobView, PipelineExecuteRequest
 from worker_api.pool_dispatch import PoolDispatcher
-from worker_api.recovery import RecoveryMasks, recover
-from worker_api.settings import get_settings
 
 log = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False)

@@ -136,7 +136,7 @@ def deploy_all(work_pool: str, deployment_name: str, limit_name: str, limit: int
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry (``cicd-worker deploy``); defaults come from the ``WORKER_*`` settings."""
-    from worker_api.settings import get_settings
+    from core.settings import get_settings
 
     settings = get_settings()
     parser = argparse.ArgumentParser(prog="cicd-worker deploy", description=(

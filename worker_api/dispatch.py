@@ -21,6 +21,8 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.context import SyncClientContext
 from prefect.flow_engine import run_flow
 
+from core.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate, JobView
+from core.settings import get_settings
 from flows.job_flow import drop_handed_over_job, execute_job, hand_over_job, job_run_name, job_tags
 from flows.job_log import WORKER_PREFIX
 from flows.pipeline_flow import (
@@ -34,8 +36,6 @@ from flows.pipeline_plan import load_pipeline
 from flows.runtime import JobRecord, get_backend, get_inflight, get_outbox, get_registry
 from worker_api.flow_runs import FlowRunFactory
 from worker_api.limits import QueueFull
-from worker_api.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate, JobView
-from worker_api.settings import get_settings
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from typing import Any
 import docker
 import httpx
 
+from core.models import HealthReport
+from core.settings import get_settings
+from core.state_db import state_problems
 from flows.runtime import get_backend, get_outbox
-from worker_api.models import HealthReport
-from worker_api.settings import get_settings
-from worker_api.state_db import state_problems
 
 CHECK_TIMEOUT_SECONDS = 3.0
 DEADLINE_SECONDS = 4.0

@@ -18,8 +18,8 @@ from types import FrameType
 
 import uvicorn
 
+from core.settings import get_settings
 from flows.runtime import get_outbox, get_registry
-from worker_api.settings import get_settings
 
 log = logging.getLogger(__name__)
 

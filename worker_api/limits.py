@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from executors.errors import WorkerError
+from core.errors import WorkerError
 from worker_api.lifecycle import DRAIN
 
 RETRY_AFTER_SECONDS = 10

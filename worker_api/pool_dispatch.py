@@ -39,6 +39,8 @@ from prefect.client.schemas.responses import SetStateStatus
 from prefect.deployments import run_deployment
 from prefect.states import Cancelled, Cancelling
 
+from core.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate, JobView
+from core.settings import get_settings
 from flows.job_flow import job_run_name, job_tags
 from flows.job_log import WORKER_PREFIX
 from flows.pipeline_flow import pipeline_run_name
@@ -47,8 +49,6 @@ from flows.runtime import JobRecord, get_backend, get_outbox
 from worker_api.deploy import ensure_concurrency_limit
 from worker_api.dispatch import PipelineRecord, room_for
 from worker_api.flow_runs import SharedPrefectClient
-from worker_api.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate, JobView
-from worker_api.settings import get_settings
 
 log = logging.getLogger(__name__)
 

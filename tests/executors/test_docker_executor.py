@@ -18,9 +18,9 @@ import docker
 import pytest
 from docker.models.containers import Container
 
+from core.errors import ImageUnavailable
 from executors.base import JobResult, JobSpec
 from executors.docker_executor import LABEL_JOB, LABEL_WORKER, SCRIPT_DIR, SCRIPT_PATH, DockerExecutor
-from executors.errors import ImageUnavailable
 from tests.conftest import WORKER_ID
 from tests.support import TEST_IMAGE, wait_for
 

@@ -106,7 +106,7 @@ def _online(pool: str, names: set[str]) -> bool:
 @pytest.fixture(scope="module")
 def prefect_api_url() -> Iterator[str]:
     """A Prefect server demanding basic auth, as the multi-host set-up requires."""
-    from worker_api.prefect_server import LocalPrefectServer
+    from cli.prefect_server import LocalPrefectServer
 
     server = LocalPrefectServer(port=free_port(), log_path=ARTIFACT_DIR / "prefect-server-pool.log",
                                 env={"PREFECT_SERVER_API_AUTH_STRING": AUTH})

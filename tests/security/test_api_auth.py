@@ -207,7 +207,7 @@ def test_health_answers_within_5s_when_the_engine_hangs(make_worker, tmp_path: P
 @pytest.fixture(scope="module")
 def prefect_with_auth() -> Iterator[str]:
     """A real Prefect server demanding basic auth (``PREFECT_SERVER_API_AUTH_STRING``); its API URL."""
-    from worker_api.prefect_server import LocalPrefectServer
+    from cli.prefect_server import LocalPrefectServer
 
     server = LocalPrefectServer(port=free_port(), log_path=ARTIFACT_DIR / "prefect-server-auth.log",
                                 env={"PREFECT_SERVER_API_AUTH_STRING": PREFECT_AUTH})

@@ -17,9 +17,9 @@ import docker
 import httpx
 import pytest
 
+from core.errors import EngineUnavailable, ImageNotAllowed
 from executors.base import DEFAULT_CAP_DROP, JobResult, JobSpec
 from executors.docker_executor import LABEL_JOB, DockerExecutor
-from executors.errors import EngineUnavailable, ImageNotAllowed
 from tests.conftest import ARTIFACT_DIR, WORKER_ID, worker_env
 from tests.security.wedged_engine import WedgingEngine
 from tests.support import TEST_IMAGE, Backend, WorkerProcess, containers, final_log, statuses, wait_for

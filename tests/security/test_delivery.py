@@ -21,14 +21,14 @@ from typing import Any
 import httpx
 import pytest
 
+from core import metrics
+from core.backend_client import BackendClient, BackendUnavailable
+from core.delivery_policy import OutboxLimits
+from core.models import ExecutionStatus, JobStatusUpdate
+from core.outbox import Outbox
 from reference_backend.server import BackendServer
 from tests.conftest import worker_env
 from tests.support import TEST_IMAGE, Backend, WorkerProcess, final_log, statuses, wait_for
-from worker_api import metrics
-from worker_api.backend_client import BackendClient, BackendUnavailable
-from worker_api.delivery_policy import OutboxLimits
-from worker_api.models import ExecutionStatus, JobStatusUpdate
-from worker_api.outbox import Outbox
 
 FAST = OutboxLimits(max_backoff=0.2, watchdog_seconds=0.2, stuck_after_seconds=1.0)
 

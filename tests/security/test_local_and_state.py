@@ -18,11 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cli.local_run import UnsafePath, _save_artifacts, inside
+from core.job_records import JobRegistry, JobStore
+from core.models import ExecutionStatus
 from executors.workspace_seed import plan_seed
-from flows.job_records import JobRegistry, JobStore
 from tests.support import TEST_IMAGE, Backend, containers, statuses, wait_for
-from worker_api.local_run import UnsafePath, _save_artifacts, inside
-from worker_api.models import ExecutionStatus
 
 BAD_NAMES = {"dotdot": "'../../x'", "slash": "a/b", "newline": '"a\\nb"', "control": '"a\\x07b"',
              "backslash": "'a\\b'"}

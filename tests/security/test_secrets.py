@@ -140,8 +140,8 @@ def assert_job_log_masked(record: dict[str, Any]) -> None:
 # -- the tests ------------------------------------------------------------------------------------------
 
 def test_which_names_are_secret() -> None:
+    from core.settings import Settings
     from flows.masking import secret_names
-    from worker_api.settings import Settings
 
     config = Settings()
     env = dict.fromkeys(["DEPLOY_TOKEN", "db_pass", "GH_PAT", "AWS_CREDENTIALS", "PRIVATE_THING", "HTTP_AUTH",

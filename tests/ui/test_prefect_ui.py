@@ -172,7 +172,7 @@ def assert_ui_talks_to_this_server() -> None:
     settings = httpx.get(f"{ui_url()}/ui-settings", timeout=10).json()
     assert settings["api_url"].rstrip("/") == api_url(), (
         f"the Prefect UI at {ui_url()} loads its data from {settings['api_url']}, not from {api_url()}: "
-        "start the server with PREFECT_UI_API_URL set to its API URL (worker_api/prefect_server.py)")
+        "start the server with PREFECT_UI_API_URL set to its API URL (cli/prefect_server.py)")
 
 
 def finished_pipeline(backend: Backend, worker: WorkerProcess) -> tuple[dict[str, Any], dict[str, str]]:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from worker_api.models import ExecutionStatus, JobDTO, JobExecutionDTO, JobStatusUpdate, LogChunk
+from core.models import ExecutionStatus, JobDTO, JobExecutionDTO, JobStatusUpdate, LogChunk
 
 EXECUTION_ID = "3f2b8c9e-1d4a-4c1b-9a57-0c6e2f1b7d10"
 JOB_ID = "9b7e6a52-5c1f-4f0e-8d3b-2a4c6e8f0a12"

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from worker_api.models import ExecutionStatus, JobView
-from worker_api.state_db import open_state_db
+from core.models import ExecutionStatus, JobView
+from core.state_db import open_state_db
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from core.models import JobDTO
 from flows.planning import JobNode, PlanningError, build_graph, levels
-from worker_api.models import JobDTO
 
 _TOP_KEYS = {"name", "stages"}
 _STAGE_KEYS = {"name", "jobs"}

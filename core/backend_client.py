@@ -4,7 +4,7 @@ Only a 2xx answer is a success. Transient failures (connection errors, timeouts,
 answer broken off or too large) are retried with exponential backoff and jitter for up to
 ``retry_seconds``; a 4xx answer raises :class:`BackendRejected` carrying the backend's own message.
 Redirects are never followed. Every attempt has one overall deadline, ``timeout`` seconds for connect,
-send, answer and body together (:mod:`worker_api.http_deadline`), and answer bodies are read up to
+send, answer and body together (:mod:`core.http_deadline`), and answer bodies are read up to
 ``max_answer_bytes``.
 """
 
@@ -24,11 +24,11 @@ from uuid import UUID
 import httpx
 from pydantic import TypeAdapter, ValidationError
 
-from executors.errors import InfrastructureError
-from worker_api.http_deadline import DeadlineTransport, call_deadline
-from worker_api.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate, LogChunk
-from worker_api.multipart import ArtifactBody, name_bytes
-from worker_api.settings import Settings
+from core.errors import InfrastructureError
+from core.http_deadline import DeadlineTransport, call_deadline
+from core.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate, LogChunk
+from core.multipart import ArtifactBody, name_bytes
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class BackendClient:
     def upload_artifact(self, job_execution_id: UUID | str, relative_path: str | bytes,
                         content: bytes | Path) -> None:
         """One file per request, filename = path relative to the working dir (contract), escaped as
-        :mod:`worker_api.multipart` says; ``content`` is the bytes or a file streamed from disk."""
+        :mod:`core.multipart` says; ``content`` is the bytes or a file streamed from disk."""
         raw_name = relative_path if isinstance(relative_path, bytes) else name_bytes(relative_path)
         bodies: list[ArtifactBody] = []
 

@@ -15,7 +15,7 @@
         │   └── ImageNotAllowed    image outside ``WORKER_ALLOWED_IMAGES``: refused before any engine call
         ├── ContainerLost          the container vanished while the job ran
         ├── BackendError           the CI backend refused a call (4xx) or stayed unreachable
-        │   (defined in ``worker_api.backend_client``)
+        │   (defined in ``core.backend_client``)
         └── ContainerLimitUnavailable  pool mode: the Prefect global concurrency limit is missing (not
             retried) or Prefect is unreachable (defined in ``flows.global_limit``)
 

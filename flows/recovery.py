@@ -12,9 +12,6 @@ removes only the containers of its own cut-off jobs and leaves volumes alone.
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -22,14 +19,14 @@ import docker.errors
 from prefect.client.orchestration import get_client
 from prefect.states import Crashed
 
+from core.backend_client import BackendClient, BackendUnavailable
+from core.errors import WorkerError
+from core.inflight import InflightJobs
+from core.models import ExecutionStatus, JobStatusUpdate
+from core.outbox import Outbox
+from core.settings import Settings
 from executors.docker_executor import LABEL_JOB, LABEL_WORKER, DockerExecutor
-from executors.errors import WorkerError
 from flows.masking import Masker, SecretScan, SecretSettings, scan_job_env
-from worker_api.backend_client import BackendClient, BackendUnavailable
-from worker_api.models import ExecutionStatus, JobStatusUpdate
-from worker_api.outbox import Outbox
-from worker_api.settings import Settings
-from worker_api.state_db import open_state_db, private_dir
 
 log = logging.getLogger(__name__)
 RESTART_NOTE = "[cicd-worker] worker restarted while the job was running: job FAILED"
@@ -38,29 +35,6 @@ WITHHELD_NOTE = ("[cicd-worker] the output captured from the job's container is 
                  "be learnt from the backend, so it could not be masked")
 LABEL_FLOW_RUN = "cicd.flow-run-id"
 MASK_FETCH_SECONDS = 15.0  # retry window of one fetch of a cut-off job at start-up (a backend restarting)
-
-
-class InflightJobs:
-    """Job executions accepted and not yet final, kept on disk across crashes."""
-
-    def __init__(self, state_dir: Path) -> None:
-        private_dir(state_dir)
-        self._db = open_state_db(state_dir / "inflight.db", "CREATE TABLE IF NOT EXISTS inflight (job_execution_id "
-                                 "TEXT PRIMARY KEY, flow_run_id TEXT, name TEXT, accepted_at REAL NOT NULL)")
-        self._lock = threading.Lock()
-
-    def add(self, job_execution_id: UUID, flow_run_id: UUID | None, name: str) -> None:
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO inflight VALUES (?, ?, ?, ?)",
-                             (str(job_execution_id), str(flow_run_id) if flow_run_id else None, name, time.time()))
-
-    def remove(self, job_execution_id: UUID) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM inflight WHERE job_execution_id=?", (str(job_execution_id),))
-
-    def all(self) -> list[tuple[str, str | None, str]]:
-        with self._lock:
-            return list(self._db.execute("SELECT job_execution_id, flow_run_id, name FROM inflight"))
 
 
 class MaskUnavailable(Exception):

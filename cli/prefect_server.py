@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from worker_api.state_db import private_file
+from core.state_db import private_file
 
 
 class LocalPrefectServer:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
-from worker_api.settings import Settings
+from core.settings import Settings
 
 REFUSED, LOCAL, FAILING, NO_EXTENSION = "refused", "local", "failing", "no-extension"
 CAUSES = (REFUSED, LOCAL, FAILING, NO_EXTENSION)

@@ -22,7 +22,8 @@ from typing import Any
 
 import httpx
 
-from worker_api.pipeline_file import PipelineFile, PipelineFileError, load_pipeline_file
+from cli.pipeline_file import PipelineFile, PipelineFileError, load_pipeline_file
+from cli.prefect_api import flush_outbox, prefect_api
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -75,7 +76,6 @@ def run(path: Path, *, dry: bool = False, runs_dir: Path = Path(".cicd/runs")) -
     if problem:
         print(problem, file=sys.stderr)
         return EXIT_INVALID
-    from worker_api.cli import flush_outbox, prefect_api
 
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
@@ -90,8 +90,8 @@ def run(path: Path, *, dry: bool = False, runs_dir: Path = Path(".cicd/runs")) -
 
 def _seed_problem(pipeline: PipelineFile) -> str | None:
     """Why the project's files cannot seed the workspace (over ``WORKER_SEED_MAX_BYTES``), before anything runs."""
+    from core.settings import get_settings
     from executors.workspace_seed import SeedTooLarge, plan_seed
-    from worker_api.settings import get_settings
 
     try:
         plan_seed(pipeline.path.resolve().parent, get_settings().seed_max_bytes)
@@ -119,8 +119,8 @@ def _run_with_backend(pipeline: PipelineFile, run_dir: Path, api_url: str, flush
 
 
 def _execute(pipeline: PipelineFile, pipeline_id: str, run_dir: Path) -> Any:
+    from cli.progress import PipelineProgress
     from flows.pipeline_flow import PipelineStart, execute_pipeline, hand_over_pipeline
-    from worker_api.progress import PipelineProgress
 
     _quiet_prefect_console()
     stages = {job.name: job.stage for job in pipeline.jobs}
@@ -156,7 +156,7 @@ def _save_artifacts(data_dir: Path, jobs: dict[str, str], target: Path) -> int:
 def _summary(pipeline: PipelineFile, pipeline_id: str, state: Any, api_url: str, run_dir: Path, saved: int) -> None:
     from rich.console import Console
 
-    from worker_api.progress import PipelineProgress
+    from cli.progress import PipelineProgress
 
     progress = PipelineProgress(pipeline_id, {job.name: job.stage for job in pipeline.jobs})
     verdict = "SUCCEEDED" if state.is_completed() else "FAILED"

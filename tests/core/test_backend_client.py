@@ -12,12 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
-from executors.errors import is_retryable
+from core.backend_client import BackendClient, BackendRejected, BackendRequestInvalid, BackendUnavailable
+from core.errors import is_retryable
+from core.http_deadline import DeadlineTransport
+from core.models import ExecutionStatus, JobStatusUpdate, LogChunk
 from reference_backend.server import BackendServer
 from tests.support import TEST_IMAGE, free_port
-from worker_api.backend_client import BackendClient, BackendRejected, BackendRequestInvalid, BackendUnavailable
-from worker_api.http_deadline import DeadlineTransport
-from worker_api.models import ExecutionStatus, JobStatusUpdate, LogChunk
 
 
 class CountingTransport(DeadlineTransport):

@@ -6,58 +6,17 @@ Prefect is imported only after ``PREFECT_API_URL`` is settled, because its setti
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from cli.prefect_api import flush_outbox, prefect_api
+from core.settings import get_settings
 from worker_api.exposure import INSECURE_WARNING, Exposure, classify, refusal_message
-from worker_api.settings import get_settings
-from worker_api.state_db import private_dir
-
-
-def flush_outbox() -> None:
-    """Deliver what the run queued before the process exits (what is left is sent at the next start)."""
-    from flows.runtime import get_outbox
-
-    if not get_outbox().flush(timeout=get_settings().backend_retry_seconds):
-        print(f"warning: undelivered updates remain in {get_outbox().dir}; they are sent at the next start",
-              file=sys.stderr)
-
-
-@contextlib.contextmanager
-def prefect_api(keep_server: bool = False) -> Iterator[str]:
-    """Use ``PREFECT_API_URL`` when set; else start a local Prefect server for the duration.
-
-    ``keep_server`` leaves a server we started running afterwards, so that the UI link printed at the
-    end of a local run still opens; it is reused by the next run.
-    """
-    url = os.environ.get("PREFECT_API_URL")
-    if url:
-        yield url
-        return
-    from worker_api.prefect_server import LocalPrefectServer
-
-    state_dir = get_settings().state_dir
-    private_dir(state_dir)
-    server = LocalPrefectServer(log_path=state_dir / "prefect-server.log")
-    print(f"starting a local Prefect server (log: {server.log_path}) ...", file=sys.stderr, flush=True)
-    server.start()
-    os.environ["PREFECT_API_URL"] = server.api_url
-    try:
-        yield server.api_url
-    finally:
-        if keep_server and server.pid is not None:
-            print(f"the local Prefect server keeps running for its UI at {server.ui_url} "
-                  f"(stop it with: kill {server.pid})", file=sys.stderr, flush=True)
-        else:
-            print("stopping the local Prefect server", file=sys.stderr, flush=True)
-            server.stop()
 
 
 def _loud(message: str) -> str:
@@ -112,10 +71,10 @@ def execute_job(job_execution_id: str) -> int:
 
 def execute_pipeline(pipeline_execution_id: str) -> int:
     with prefect_api():
+        from cli.progress import PipelineProgress
         from flows.pipeline_flow import execute_pipeline as flow
         from flows.pipeline_flow import pipeline_run_name
         from flows.planning import PlanningError
-        from worker_api.progress import PipelineProgress
 
         with PipelineProgress(pipeline_execution_id):
             try:
@@ -174,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         print(problem, file=sys.stderr)
         return 2
     if argv and argv[0] == "deploy":  # its own options: see `cicd-worker deploy --help`
-        from worker_api import deploy
+        from worker_api import deploy  # its own options and Prefect imports: loaded only for this command
 
         return deploy.main(argv[1:])
     args = _parser().parse_args(argv)
@@ -187,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "execute-pipeline":
         return execute_pipeline(args.pipeline_execution_id)
     if args.command in ("run", "check"):
-        from worker_api import local_run
+        from cli import local_run
 
         return local_run.check(args.file) if args.command == "check" else local_run.run(args.file, dry=args.dry_run)
     return 2

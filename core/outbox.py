@@ -6,11 +6,11 @@ first, so that the updates of a job reach the backend in the order they were mad
 status after a newer one), at least once. Only a 2xx answer delivers an item. Every item is delivered
 or set aside as ``dead`` with its reason, and the items after it keep flowing: an item the backend
 refuses (4xx) is dead at once; any other failure is retried with exponential backoff and jitter, within
-the bounds of :mod:`worker_api.delivery_policy` (a backend that cannot be reached holds the queue for as
+the bounds of :mod:`core.delivery_policy` (a backend that cannot be reached holds the queue for as
 long as it takes; an answer that is no success, or an exception on our side, counts against the item).
 A worker restarted with undelivered items sends them at start-up.
 
-The sender is a :class:`~worker_api.supervised.SupervisedLoop`: an exception escaping one round is
+The sender is a :class:`~core.supervised.SupervisedLoop`: an exception escaping one round is
 logged and the loop goes on, a dead sender thread is restarted, and ``stats()["senderAlive"]`` is False
 while it is down or while one delivery runs past the call deadline plus a margin.
 """
@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker_api.backend_client import BackendClient, BackendRejected, BackendUnavailable
-from worker_api.delivery_policy import (
+from core.backend_client import BackendClient, BackendRejected, BackendUnavailable
+from core.delivery_policy import (
     CAUSES,
     FAILING,
     NO_EXTENSION,
@@ -41,10 +41,10 @@ from worker_api.delivery_policy import (
     OutboxLimits,
     backoff,
 )
-from worker_api.models import JobStatusUpdate, LogChunk
-from worker_api.multipart import name_bytes, readable_name
-from worker_api.state_db import PRIVATE_FILE_MODE, open_state_db, private_dir
-from worker_api.supervised import SupervisedLoop
+from core.models import JobStatusUpdate, LogChunk
+from core.multipart import name_bytes, readable_name
+from core.state_db import PRIVATE_FILE_MODE, open_state_db, private_dir
+from core.supervised import SupervisedLoop
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class Outbox:
         self.files = self.dir / "files"
         private_dir(state_dir)
         private_dir(self.files)
-        # Checked on open: a damaged database is moved aside and a fresh one made (worker_api.state_db).
+        # Checked on open: a damaged database is moved aside and a fresh one made (core.state_db).
         self._db = open_state_db(self.dir / "outbox.db", _SCHEMA)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._backend = backend
