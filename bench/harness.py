@@ -38,10 +38,10 @@ from typing import Any
 import httpx
 
 from bench.readings import EngineEvents, cpu_seconds, session_cpu_seconds
-from cli.prefect_server import LocalPrefectServer
+from cli.prefect_server import LocalPrefectServer, stop_group
 from reference_backend.server import BackendServer
 from tests.support import FINAL as FINAL  # re-exported: the benchmarks import the test suite only through here
-from tests.support import REPO, TEST_IMAGE, Backend, WorkerProcess, free_port, stop_group, wait_for
+from tests.support import REPO, TEST_IMAGE, Backend, WorkerProcess, free_port, wait_for
 
 IMAGE = TEST_IMAGE
 PREFECT_DONE = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -143,8 +143,9 @@ def environment(name: str, *, keep: bool, backend_in_process: bool = False, work
     """Docker events, Prefect server, reference backend and worker process for the benchmark ``name``.
 
     ``worker_env`` is added to the worker's environment, ``prefect_env`` to the Prefect server's (when one is
-    started here), ``limits`` bounds the connections of each HTTP client.
+    started here), ``limits`` bounds the connections of each HTTP client. First it calls ``_prologue()``.
     """
+    _prologue()
     workdir = Path(tempfile.mkdtemp(prefix=f"cicd-bench-{name}-"))
     worker_id = f"bench-{name}-{uuid.uuid4().hex[:8]}"
     env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "WORKER_PULL_POLICY": "never", "WORKER_ID": worker_id,
@@ -210,7 +211,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     return args
 
 
-def prologue() -> None:
+def _prologue() -> None:
     """SIGTERM ends the benchmark through its clean-up; the versions of what it measures are printed."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     docker_version = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],

@@ -125,7 +125,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds one run may take")
     harness.common_options(parser, worker_env=True)
     args = harness.parse(parser, argv)
-    harness.prologue()
     results = []
     with harness.environment("hostile", keep=args.keep, worker_env=args.worker_env) as setup:
         db = harness.BackendDB(setup.db_path)

@@ -304,7 +304,6 @@ def main(argv: list[str] | None = None) -> int:
     args = harness.parse(parser, argv)
     if args.runs < 2:
         parser.error("--runs must be at least 2")
-    harness.prologue()
     with harness.environment("latency", keep=args.keep, backend_in_process=True) as setup:
         samples, baseline = measure(setup, args.runs, args.poll_ms / 1000)
         ok = report(setup, samples, baseline, setup.events.containers())

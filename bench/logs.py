@@ -417,7 +417,6 @@ def main(argv: list[str] | None = None) -> int:
     args = harness.parse(parser, argv)
     if args.runs < 1 or args.lines < 1:
         parser.error("--runs and --lines must be at least 1")
-    harness.prologue()
     print(f"job: {job_command(args.lines)}", flush=True)
     with harness.environment("logs", keep=args.keep, backend_in_process=args.backend == "in-process",
                              worker_env=args.worker_env) as setup:

@@ -549,7 +549,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    harness.prologue()
     print(f"workloads {', '.join(args.names)}; concurrency {args.concurrency}; {args.repeat} runs each", flush=True)
     discarded: list[str] = []
     with harness.environment("pipeline", keep=args.keep, backend_in_process=True,

@@ -849,7 +849,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    harness.prologue()
     worker_env = {"WORKER_MAX_CONCURRENT_JOBS": str(args.concurrency), "WORKER_MAX_QUEUED_JOBS": str(args.jobs + 100)}
     # the Prefect server logs each request it answers 503 (a retryable database error): counted in the report
     with harness.environment("soak", keep=args.keep, worker_env=worker_env,

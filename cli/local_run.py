@@ -18,12 +18,16 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from cli.pipeline_file import PipelineFile, PipelineFileError, load_pipeline_file
 from cli.prefect_api import flush_outbox, prefect_api
+from core.settings import Settings
+
+if TYPE_CHECKING:  # annotations only
+    from flows.services import Services
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -62,8 +66,12 @@ def dry_run(pipeline: PipelineFile) -> int:
     return EXIT_OK
 
 
-def run(path: Path, *, dry: bool = False, runs_dir: Path = Path(".cicd/runs")) -> int:
-    """Validate, then run the pipeline file (or print its plan); exit 0 only if it succeeded."""
+def run(path: Path, settings: Settings, *, dry: bool = False, runs_dir: Path = Path(".cicd/runs")) -> int:
+    """Validate, then run the pipeline file (or print its plan); exit 0 only if it succeeded.
+
+    ``settings`` are the command's; the run's state (outbox, job records) goes under ``runs_dir/../state``
+    unless ``WORKER_STATE_DIR`` is set, and the backend is the in-process reference backend.
+    """
     try:
         pipeline = load_pipeline_file(path)
     except PipelineFileError as exc:
@@ -71,8 +79,9 @@ def run(path: Path, *, dry: bool = False, runs_dir: Path = Path(".cicd/runs")) -
         return EXIT_INVALID
     if dry:
         return dry_run(pipeline)
-    os.environ.setdefault("WORKER_STATE_DIR", str(runs_dir.parent / "state"))
-    problem = _seed_problem(pipeline)
+    if "WORKER_STATE_DIR" not in os.environ:
+        settings = settings.model_copy(update={"state_dir": runs_dir.parent / "state"})
+    problem = _seed_problem(pipeline, settings)
     if problem:
         print(problem, file=sys.stderr)
         return EXIT_INVALID
@@ -81,51 +90,51 @@ def run(path: Path, *, dry: bool = False, runs_dir: Path = Path(".cicd/runs")) -
         runs_dir.mkdir(parents=True, exist_ok=True)
         run_dir = inside(runs_dir, f"{_slug(pipeline.name)}-{time.strftime('%Y%m%d-%H%M%S')}")
         run_dir.mkdir(exist_ok=True)
-        with prefect_api(keep_server=True) as api_url:
-            return _run_with_backend(pipeline, run_dir, api_url, flush_outbox)
+        with prefect_api(settings.state_dir, keep_server=True) as api_url:
+            return _run_with_backend(pipeline, run_dir, api_url, settings)
     except UnsafePath as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
 
 
-def _seed_problem(pipeline: PipelineFile) -> str | None:
+def _seed_problem(pipeline: PipelineFile, settings: Settings) -> str | None:
     """Why the project's files cannot seed the workspace (over ``WORKER_SEED_MAX_BYTES``), before anything runs."""
-    from core.settings import get_settings
     from executors.workspace_seed import SeedTooLarge, plan_seed
 
     try:
-        plan_seed(pipeline.path.resolve().parent, get_settings().seed_max_bytes)
+        plan_seed(pipeline.path.resolve().parent, settings.seed_max_bytes)
     except SeedTooLarge as exc:
         return f"{pipeline.path}: {exc}"
     return None
 
 
-def _run_with_backend(pipeline: PipelineFile, run_dir: Path, api_url: str, flush: Any) -> int:
-    from flows import runtime
+def _run_with_backend(pipeline: PipelineFile, run_dir: Path, api_url: str, settings: Settings) -> int:
+    from flows.services import build_services, install
     from reference_backend.server import BackendServer
 
     with BackendServer(inside(run_dir, "backend")) as backend:
-        os.environ["WORKER_BACKEND_URL"] = backend.api_url
-        runtime.reset()
+        # This command's services: the settings read once, with the in-process backend's address.
+        services = install(build_services(settings.model_copy(update={"backend_url": backend.api_url})))
         created = httpx.post(f"{backend.url}/admin/pipeline-runs", timeout=30, json={
             "name": pipeline.name, "local": True, "jobs": [job.to_admin() for job in pipeline.jobs]})
         created.raise_for_status()
         pipeline_id = created.json()["pipelineExecutionId"]
-        state = _execute(pipeline, pipeline_id, run_dir)
-        flush()
+        state = _execute(pipeline, pipeline_id, run_dir, services)
+        flush_outbox(services)
+        services.close()
         saved = _save_artifacts(backend.data_dir, created.json()["jobs"], inside(run_dir, "artifacts"))
-    _summary(pipeline, pipeline_id, state, api_url, run_dir, saved)
+    _summary(pipeline, pipeline_id, state, api_url, run_dir, saved, services)
     return EXIT_OK if state.is_completed() else EXIT_FAILED
 
 
-def _execute(pipeline: PipelineFile, pipeline_id: str, run_dir: Path) -> Any:
+def _execute(pipeline: PipelineFile, pipeline_id: str, run_dir: Path, services: Services) -> Any:
     from cli.progress import PipelineProgress
     from flows.pipeline_flow import PipelineStart, execute_pipeline, hand_over_pipeline
 
     _quiet_prefect_console()
     stages = {job.name: job.stage for job in pipeline.jobs}
     print(f"running pipeline {pipeline.name!r} ({len(pipeline.jobs)} jobs); output in {run_dir}", flush=True)
-    with PipelineProgress(pipeline_id, stages):
+    with PipelineProgress(services.registry, pipeline_id, stages):
         named = execute_pipeline.with_options(flow_run_name=f"{pipeline.name} [{pipeline_id[:8]}]")
         # The seed is a host path: handed to the flow in this process, never a flow-run parameter.
         hand_over_pipeline(pipeline_id, PipelineStart(seed_directory=pipeline.path.resolve().parent))
@@ -153,12 +162,13 @@ def _save_artifacts(data_dir: Path, jobs: dict[str, str], target: Path) -> int:
     return count
 
 
-def _summary(pipeline: PipelineFile, pipeline_id: str, state: Any, api_url: str, run_dir: Path, saved: int) -> None:
+def _summary(pipeline: PipelineFile, pipeline_id: str, state: Any, api_url: str, run_dir: Path, saved: int,
+             services: Services) -> None:
     from rich.console import Console
 
     from cli.progress import PipelineProgress
 
-    progress = PipelineProgress(pipeline_id, {job.name: job.stage for job in pipeline.jobs})
+    progress = PipelineProgress(services.registry, pipeline_id, {job.name: job.stage for job in pipeline.jobs})
     verdict = "SUCCEEDED" if state.is_completed() else "FAILED"
     if sys.stdout.isatty():
         Console().print(progress.table(title=f"pipeline {pipeline.name}: {verdict}"))

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from cli.prefect_api import flush_outbox, prefect_api
-from core.settings import get_settings
+from core.settings import Settings
 from worker_api.exposure import INSECURE_WARNING, Exposure, classify, refusal_message
 
 
@@ -24,11 +24,13 @@ def _loud(message: str) -> str:
     return f"{bar}\n{message}\n{bar}"
 
 
-def serve(host: str | None, port: int | None, insecure: bool = False) -> int:
-    """Serve the API; refuses (2) to listen beyond loopback without ``WORKER_API_TOKEN`` unless ``insecure``."""
+def serve(settings: Settings, host: str | None, port: int | None, insecure: bool = False) -> int:
+    """Serve the API; refuses (2) to listen beyond loopback without ``WORKER_API_TOKEN`` unless ``insecure``.
+
+    The app builds the services from ``settings`` at its start-up.
+    """
     import uvicorn
 
-    settings = get_settings()
     host, port = host or settings.host, port or settings.port
     exposed = classify(host, settings.api_token is not None, insecure or settings.insecure)
     if exposed is Exposure.REFUSED:
@@ -39,7 +41,7 @@ def serve(host: str | None, port: int | None, insecure: bool = False) -> int:
     if settings.dispatch == "pool" and not os.environ.get("PREFECT_API_AUTH_STRING"):
         print(_loud("WARNING: pool mode without PREFECT_API_AUTH_STRING: a Prefect server without basic auth "
                     "lets anyone who reaches it start flow runs on the pool hosts."), file=sys.stderr, flush=True)
-    with prefect_api() as api_url:
+    with prefect_api(settings.state_dir) as api_url:
         from worker_api.app import create_app
 
         ui = api_url.removesuffix("/api")
@@ -47,43 +49,46 @@ def serve(host: str | None, port: int | None, insecure: bool = False) -> int:
               f"backend {settings.backend_url}", file=sys.stderr, flush=True)
         from worker_api.lifecycle import DrainingServer
 
-        app = create_app(exposure=exposed)
+        app = create_app(settings, exposure=exposed)
         DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="info")).run()
     return 0
 
 
-def execute_job(job_execution_id: str) -> int:
-    with prefect_api():
+def execute_job(settings: Settings, job_execution_id: str) -> int:
+    with prefect_api(settings.state_dir):
         from flows.job_flow import execute_job as flow
         from flows.job_flow import hand_over_job, job_run_name
-        from flows.runtime import get_backend, get_registry
+        from flows.services import build_services, install
 
-        job = get_backend().get_job_execution(job_execution_id)
+        services = install(build_services(settings))
+        job = services.backend.get_job_execution(job_execution_id)
         named = flow.with_options(flow_run_name=job_run_name(job))
         hand_over_job(job)  # fetched once: the flow takes it (its env is never a flow-run parameter)
         state: Any = named(str(job.id), return_state=True)
-        flush_outbox()
-        record = get_registry().get(job.id)
+        flush_outbox(services)
+        record = services.registry.get(job.id)
         status = record.status.value if record else state.name
         print(f"job {job.job.name} ({job.id}): {status}", flush=True)
         return 0 if record is not None and record.status.value == "SUCCESS" else 1
 
 
-def execute_pipeline(pipeline_execution_id: str) -> int:
-    with prefect_api():
+def execute_pipeline(settings: Settings, pipeline_execution_id: str) -> int:
+    with prefect_api(settings.state_dir):
         from cli.progress import PipelineProgress
         from flows.pipeline_flow import execute_pipeline as flow
         from flows.pipeline_flow import pipeline_run_name
         from flows.planning import PlanningError
+        from flows.services import build_services, install
 
-        with PipelineProgress(pipeline_execution_id):
+        services = install(build_services(settings))
+        with PipelineProgress(services.registry, pipeline_execution_id):
             try:
                 named = flow.with_options(flow_run_name=pipeline_run_name(pipeline_execution_id))
                 state: Any = named(pipeline_execution_id, return_state=True)
             except PlanningError as exc:
                 print(f"pipeline refused (every job reported FAILED):\n{exc}", file=sys.stderr)
                 return 2
-        flush_outbox()
+        flush_outbox(services)
         print(f"pipeline {pipeline_execution_id}: {state.name}: {state.message}", flush=True)
         return 0 if state.is_completed() else 1
 
@@ -112,10 +117,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def settings_error() -> str | None:
-    """The settings' validation errors as lines naming the variables, or None when they are valid."""
+def read_settings() -> tuple[Settings | None, str | None]:
+    """The settings from the environment (read once per command), or None and their validation errors as lines
+    naming the variables."""
     try:
-        get_settings()
+        return Settings(), None
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
@@ -123,32 +129,34 @@ def settings_error() -> str | None:
             variable = name.upper() if name.upper().startswith("WORKER_") else f"WORKER_{name.upper()}"
             where = variable + "".join(f"[{part}]" for part in rest)
             lines.append(f"  {where}: {str(error['msg']).removeprefix('Value error, ')}")
-        return "cicd-worker: invalid settings:\n" + "\n".join(lines)
-    return None
+        return None, "cicd-worker: invalid settings:\n" + "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if problem := settings_error():
+    settings, problem = read_settings()
+    if settings is None:
         print(problem, file=sys.stderr)
         return 2
     if argv and argv[0] == "deploy":  # its own options: see `cicd-worker deploy --help`
         from worker_api import deploy  # its own options and Prefect imports: loaded only for this command
 
-        return deploy.main(argv[1:])
+        return deploy.main(settings, argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns what matters
     if args.command == "serve":
-        return serve(args.host, args.port, insecure=args.insecure)
+        return serve(settings, args.host, args.port, insecure=args.insecure)
     if args.command == "execute-job":
-        return execute_job(args.job_execution_id)
+        return execute_job(settings, args.job_execution_id)
     if args.command == "execute-pipeline":
-        return execute_pipeline(args.pipeline_execution_id)
+        return execute_pipeline(settings, args.pipeline_execution_id)
     if args.command in ("run", "check"):
         from cli import local_run
 
-        return local_run.check(args.file) if args.command == "check" else local_run.run(args.file, dry=args.dry_run)
+        if args.command == "check":
+            return local_run.check(args.file)
+        return local_run.run(args.file, settings, dry=args.dry_run)
     return 2
 
 

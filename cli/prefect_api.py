@@ -10,26 +10,29 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from core.settings import get_settings
 from core.state_db import private_dir
 
+if TYPE_CHECKING:  # annotations only
+    from flows.services import Services
 
-def flush_outbox() -> None:
+
+def flush_outbox(services: Services) -> None:
     """Deliver what the run queued before the process exits (what is left is sent at the next start)."""
-    from flows.runtime import get_outbox
-
-    if not get_outbox().flush(timeout=get_settings().backend_retry_seconds):
-        print(f"warning: undelivered updates remain in {get_outbox().dir}; they are sent at the next start",
+    if not services.outbox.flush(timeout=services.settings.backend_retry_seconds):
+        print(f"warning: undelivered updates remain in {services.outbox.dir}; they are sent at the next start",
               file=sys.stderr)
 
 
 @contextlib.contextmanager
-def prefect_api(keep_server: bool = False) -> Iterator[str]:
+def prefect_api(state_dir: Path, keep_server: bool = False) -> Iterator[str]:
     """Use ``PREFECT_API_URL`` when set; else start a local Prefect server for the duration.
 
-    ``keep_server`` leaves a server we started running afterwards, so that the UI link printed at the
-    end of a local run still opens; it is reused by the next run.
+    A server started here logs to ``state_dir/prefect-server.log``. ``keep_server`` leaves a server we
+    started running afterwards, so that the UI link printed at the end of a local run still opens; it is
+    reused by the next run.
     """
     url = os.environ.get("PREFECT_API_URL")
     if url:
@@ -37,7 +40,6 @@ def prefect_api(keep_server: bool = False) -> Iterator[str]:
         return
     from cli.prefect_server import LocalPrefectServer
 
-    state_dir = get_settings().state_dir
     private_dir(state_dir)
     server = LocalPrefectServer(log_path=state_dir / "prefect-server.log")
     print(f"starting a local Prefect server (log: {server.log_path}) ...", file=sys.stderr, flush=True)

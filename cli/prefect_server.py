@@ -69,11 +69,19 @@ class LocalPrefectServer:
     def stop(self, grace: float = 15.0) -> None:
         """Stop the server we started (its whole process group); nothing when we reused one."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
+        stop_group(process, grace)
+
+
+def stop_group(process: subprocess.Popen[bytes] | None, grace: float) -> None:
+    """SIGTERM to the process group of a child started with ``start_new_session``; SIGKILL after ``grace`` s.
+
+    Nothing when there is no child or it has already exited.
+    """
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)

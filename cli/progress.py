@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from flows.runtime import JobRecord, get_registry
+from core.job_records import JobRecord, JobRegistry
 
 _STYLE = {"SUCCESS": "green", "FAILED": "red", "CANCELED": "yellow", "RUNNING": "cyan"}
 
@@ -29,10 +29,11 @@ def duration(record: JobRecord) -> float | None:
 
 
 class PipelineProgress:
-    """Shows the jobs of one pipeline run while it runs; use as a context manager."""
+    """Shows the jobs of one pipeline run while it runs (their records in ``registry``); a context manager."""
 
-    def __init__(self, pipeline_execution_id: str, stages: dict[str, str] | None = None,
+    def __init__(self, registry: JobRegistry, pipeline_execution_id: str, stages: dict[str, str] | None = None,
                  out: TextIO | None = None, interval: float = 0.3) -> None:
+        self.registry = registry
         self.pipeline_execution_id = pipeline_execution_id
         self.stages = stages or {}
         self.out = out or sys.stdout
@@ -44,7 +45,7 @@ class PipelineProgress:
         self._live: Live | None = None
 
     def records(self) -> list[JobRecord]:
-        return [r for r in get_registry().all() if str(r.pipeline_execution_id) == self.pipeline_execution_id]
+        return [r for r in self.registry.all() if str(r.pipeline_execution_id) == self.pipeline_execution_id]
 
     def __enter__(self) -> PipelineProgress:
         if self.live_table:

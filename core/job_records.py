@@ -208,13 +208,18 @@ class JobRegistry:
         with self._lock:
             return sum(1 for record in self._records.values() if not record.status.is_final)
 
-    def prune(self, keep: int = KEEP_IN_MEMORY) -> None:
-        """Forget the oldest final records beyond ``keep`` in memory (they stay on disk, pruned there apart)."""
+    def prune(self, keep: int = KEEP_IN_MEMORY, *, finals_only: bool = True) -> None:
+        """Forget the oldest final records beyond ``keep`` in memory (they stay on disk, pruned there apart).
+
+        ``finals_only=False`` forgets the oldest whatever their status: for a registry whose records never
+        become final here (pool dispatch: the jobs run in other processes).
+        """
         with self._lock:
             excess = len(self._records) - keep
             if excess <= 0:
                 return
-            finals = sorted((r for r in self._records.values() if r.status.is_final), key=lambda r: r.accepted_at)
+            finals = sorted((r for r in self._records.values() if r.status.is_final or not finals_only),
+                            key=lambda r: r.accepted_at)
             for record in finals[:excess]:
                 del self._records[record.job_execution_id]
 

@@ -1,10 +1,9 @@
-"""The worker's one settings object (env prefix ``WORKER_``), read through a cached accessor."""
+"""The worker's one settings object (env prefix ``WORKER_``), read once by each entry point."""
 
 from __future__ import annotations
 
 import os
 import socket
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -117,8 +116,3 @@ class Settings(BaseSettings):
         data["prefectApiUrl"] = os.environ.get("PREFECT_API_URL")
         return data
 
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """The process-wide settings, built on first use (never at import time, so tests can set env first)."""
-    return Settings()

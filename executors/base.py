@@ -1,18 +1,33 @@
 """The executor contract: how one job runs, independent of Prefect and of the backend.
 
-An :class:`Executor` runs one :class:`JobSpec` and returns a :class:`JobResult`:
+An :class:`Executor` runs jobs (one :class:`JobSpec` in, one :class:`JobResult` out), keeps the
+workspace volumes that the jobs of a pipeline run share, and finds what a previous life of the same
+worker id left behind. :class:`executors.docker_executor.DockerExecutor` is the production one;
+:class:`executors.dummy.DummyExecutor` is a complete in-process one for fast tests of the flows.
 
-* ``run(spec, log_sink, cancel)`` blocks until the job ends. Every output line is passed to
-  ``log_sink`` as it comes, in order, without its trailing newline.
-* A non-zero exit, a timeout and a cancellation are *results*, not exceptions (``exit_code``,
-  ``timed_out``, ``canceled``). Exceptions mean the runner broke: subclasses of
-  :class:`core.errors.InfrastructureError`.
-* ``cancel`` may be set at any moment (before start, during pull, after exit); the executor stops
-  the job promptly (SIGTERM, then SIGKILL after ``stop_grace_seconds``) and reports ``canceled``.
-* Cleanup always runs: whatever happens, nothing the executor created is left behind.
-* ``run`` is thread-safe: many jobs may run at once from different threads.
-* Artifacts named by the spec are copied out of the container before it is removed, into a temporary
-  directory that the caller owns (``executors.artifacts.discard`` deletes it).
+Who calls what, in which order:
+
+* **A flow run** (``flows.workspace``, ``flows.job_task``): ``create_volume`` → ``seed_volume`` (local
+  runs only) → ``run`` once per attempt of each job, from many threads at once → ``remove_volume``
+  in a ``finally`` (also when ``create_volume`` raised: the first container create may have made it).
+* **Start-up recovery** (``flows.recovery``), one thread, before this process runs any job:
+  ``leftover_containers`` → ``captured_output`` and ``remove_container`` for each → ``leftover_volumes``
+  → ``remove_volume`` for each. A pool flow process removes only the containers of its own cut-off
+  jobs, since other processes of the same worker id run beside it.
+
+What every method promises:
+
+* **Thread safety.** Every method may be called from any thread, concurrently with any other, on one
+  instance shared by the whole process (the container limit holds across all flows through it).
+* **Errors.** Exceptions mean the runner broke and are subclasses of :class:`core.errors.InfrastructureError`
+  (``EngineUnavailable`` retried, ``ImageUnavailable`` not: see :mod:`core.errors`); the one exception
+  is ``seed_volume``'s ``SeedTooLarge`` (the project is over the cap: retrying cannot help). A job's own
+  failure is never an exception: a non-zero exit, a timeout and a cancellation are *results*.
+* **Idempotency.** Removing something already gone is no error; creating a volume that exists reuses it.
+* **Ownership.** Everything an executor creates carries its worker id, so that a later life (the
+  ``leftover_*`` methods) finds exactly what this worker id left, and nothing of another worker's. (A
+  workspace volume that a container create made because ``create_volume`` failed carries no labels: the
+  flow's ``remove_volume`` by name is what removes it.)
 """
 
 from __future__ import annotations
@@ -21,6 +36,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Protocol
 
 from executors.artifacts import ArtifactCollection
@@ -87,7 +103,80 @@ class JobResult:
         return (self.finished_at - self.started_at).total_seconds()
 
 
-class Executor(Protocol):
-    """Runs jobs; see the module docstring for the contract."""
+@dataclass(frozen=True)
+class LeftoverContainer:
+    """A container that a life of this worker id created and did not remove (see ``Executor.leftover_containers``)."""
 
-    def run(self, spec: JobSpec, log_sink: LogSink, cancel: threading.Event) -> JobResult: ...
+    container_id: str
+    """What ``captured_output`` and ``remove_container`` take."""
+    job_execution_id: str | None
+    """The job execution it ran (``JobSpec.job_execution_id``); None for one that ran no job (a workspace seed)."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """The labels it was created with: ``JobSpec.labels`` among them (the flow run id of the job, say)."""
+
+
+class Executor(Protocol):
+    """Runs jobs and keeps their workspaces; see the module docstring for the order of calls and the promises
+    every method keeps (thread safety, errors, idempotency)."""
+
+    def run(self, spec: JobSpec, log_sink: LogSink, cancel: threading.Event) -> JobResult:
+        """Run ``spec`` once and block until it ends; called once per attempt by the job's task.
+
+        Every output line goes to ``log_sink`` as it comes, in order, without its trailing newline (a line
+        longer than the executor's limit in pieces); the sink may be called from a thread of the executor's,
+        one call at a time. ``cancel`` may be set at any moment (before start, during a pull, after exit):
+        the job is stopped promptly (SIGTERM, then SIGKILL after a grace period) and the result says
+        ``canceled``; set while the run waits for a container slot, nothing is created at all. Past
+        ``spec.timeout_seconds`` the job is stopped the same way and the result says ``timed_out``.
+        Artifacts named by the spec are copied out before cleanup, when the job succeeded or
+        ``artifacts_when`` is ``always``, into a temporary directory that the caller owns
+        (``executors.artifacts.discard`` deletes it). Whatever happens, nothing the run created is left
+        behind. Raises :class:`core.errors.InfrastructureError` subclasses only.
+        """
+        ...
+
+    def create_volume(self, name: str, labels: dict[str, str]) -> None:
+        """Create the workspace volume ``name`` (an existing one is reused), with ``labels`` and this worker's
+        id; raises ``EngineUnavailable`` when it cannot (the caller goes on: the first job's container
+        create makes the volume anyway)."""
+        ...
+
+    def seed_volume(self, name: str, directory: Path, image: str, mount: str, max_bytes: int) -> list[str]:
+        """Copy the project files of host ``directory`` into volume ``name``, as a job mounting it at ``mount``
+        will see them (``image``: the first job's, which the engine needs to mount the volume); returns the
+        warnings (links left out). Which files: :mod:`executors.workspace_seed`; over ``max_bytes`` it raises
+        ``SeedTooLarge`` before anything is copied."""
+        ...
+
+    def remove_volume(self, name: str) -> None:
+        """Remove volume ``name``; a missing one is fine, and a failure is logged, never raised (called from
+        ``finally`` blocks and start-up, where raising would hide the real outcome)."""
+        ...
+
+    def leftover_containers(self) -> list[LeftoverContainer]:
+        """Every container of this worker id that still exists, running or not (start-up recovery)."""
+        ...
+
+    def captured_output(self, container_id: str, tail_bytes: int) -> bytes:
+        """The output a leftover container captured (stdout and stderr as written), at most its last
+        ``tail_bytes``; when cut, it starts at a whole line (a secret cut in two could not be masked).
+        Raises ``EngineUnavailable`` when the engine cannot give it, ``ContainerLost`` when it is gone."""
+        ...
+
+    def remove_container(self, container_id: str) -> None:
+        """Force-remove a leftover container (stopping it if it runs); a missing one is fine, an engine
+        failure raises ``EngineUnavailable``."""
+        ...
+
+    def leftover_volumes(self) -> list[str]:
+        """The names of every volume carrying this worker id (workspaces a cut-off run did not remove)."""
+        ...
+
+
+def acquire_slot(slots: threading.Semaphore, cancel: threading.Event, poll_seconds: float) -> bool:
+    """Take one container slot, giving up (False) as soon as ``cancel`` is set: a job cancelled while it
+    waits for a slot never starts."""
+    while not cancel.is_set():
+        if slots.acquire(timeout=poll_seconds):
+            return True
+    return False

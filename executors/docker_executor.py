@@ -40,9 +40,9 @@ from docker.utils import parse_repository_tag
 
 from core.errors import ContainerLost, EngineUnavailable, ImageNotAllowed, ImageUnavailable
 from executors.artifacts import ArtifactCollection, ArtifactLimits, collect_artifacts
-from executors.base import JobResult, JobSpec, LogSink
+from executors.base import JobResult, JobSpec, LeftoverContainer, LogSink, acquire_slot
 from executors.container_files import ContainerFiles
-from executors.output import LineSplitter
+from executors.output import LineSplitter, whole_line_tail
 from executors.script import build_shell_script
 from executors.workspace_seed import DEFAULT_MAX_BYTES as DEFAULT_SEED_MAX_BYTES
 from executors.workspace_seed import plan_seed, write_seed_archive
@@ -126,18 +126,12 @@ class DockerExecutor:
         """Run ``spec`` to the end; see the module docstring."""
         self.check_image_allowed(spec.image)  # before any engine call: a refused image costs nothing
         started = datetime.now(UTC)
-        if not self._acquire_slot(cancel):
+        if not acquire_slot(self._slots, cancel, poll_seconds=0.2):
             return JobResult(exit_code=None, started_at=started, finished_at=datetime.now(UTC), canceled=True)
         try:
             return self._run_in_slot(spec, log_sink, cancel, started)
         finally:
             self._slots.release()
-
-    def _acquire_slot(self, cancel: threading.Event) -> bool:
-        while not cancel.is_set():
-            if self._slots.acquire(timeout=0.2):
-                return True
-        return False
 
     def _run_in_slot(self, spec: JobSpec, log_sink: LogSink, cancel: threading.Event,
                      started: datetime) -> JobResult:
@@ -320,8 +314,45 @@ class DockerExecutor:
             self.client.volumes.get(name).remove(force=True)
         except docker.errors.NotFound:
             pass
-        except _ENGINE_ERRORS as exc:  # still in use, or the engine failed or did not answer in time
+        except (*_ENGINE_ERRORS, EngineUnavailable) as exc:  # in use, or the engine failed or did not answer
             log.error("could not remove volume %s: %s", name, exc)
+
+    def leftover_containers(self) -> list[LeftoverContainer]:
+        """Every container labelled with this worker id, running or not (``Executor.leftover_containers``)."""
+        try:
+            found = self.client.containers.list(all=True, filters={"label": f"{LABEL_WORKER}={self.worker_id}"},
+                                                ignore_removed=True)
+        except _ENGINE_ERRORS as exc:
+            raise self.engine_error("listing the containers of this worker", exc) from exc
+        return [LeftoverContainer(container.id or container.name, container.labels.get(LABEL_JOB),
+                                  dict(container.labels)) for container in found]
+
+    def captured_output(self, container_id: str, tail_bytes: int) -> bytes:
+        """The engine's copy of a container's output, its tail from a whole line (``Executor.captured_output``)."""
+        try:
+            output = self.client.api.logs(container_id, stdout=True, stderr=True)
+        except docker.errors.NotFound as exc:
+            raise ContainerLost(f"container {container_id[:12]} is gone: {exc.explanation or exc}") from exc
+        except _ENGINE_ERRORS as exc:
+            raise self.engine_error(f"reading the output of container {container_id[:12]}", exc) from exc
+        return whole_line_tail(output, tail_bytes)
+
+    def remove_container(self, container_id: str) -> None:
+        """Force-remove a container with its anonymous volumes; a missing one is fine."""
+        try:
+            self.client.api.remove_container(container_id, force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except _ENGINE_ERRORS as exc:
+            raise self.engine_error(f"removing container {container_id[:12]}", exc) from exc
+
+    def leftover_volumes(self) -> list[str]:
+        """The names of the volumes labelled with this worker id (``Executor.leftover_volumes``)."""
+        try:
+            volumes = self.client.volumes.list(filters={"label": f"{LABEL_WORKER}={self.worker_id}"})
+        except _ENGINE_ERRORS as exc:
+            raise self.engine_error("listing the volumes of this worker", exc) from exc
+        return [volume.name for volume in volumes]
 
     def _raise_if_engine_went_away(self, exit_code: int) -> None:
         """A stopping engine kills its containers (143/137) just before it goes: that is not the job's fault.

@@ -78,3 +78,12 @@ class LineSplitter:
             self._sink(raw.decode("utf-8", errors="replace"))
             start += len(raw)
         return start
+
+
+def whole_line_tail(output: bytes, max_bytes: int) -> bytes:
+    """The last ``max_bytes`` of ``output`` at most; when cut, from the start of a whole line on (a secret cut in
+    two would not be recognised to be masked)."""
+    if len(output) <= max_bytes:
+        return output
+    tail = output[-max_bytes:] if max_bytes > 0 else b""
+    return tail[tail.find(b"\n") + 1:]

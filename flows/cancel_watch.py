@@ -16,7 +16,7 @@ from uuid import UUID
 
 from prefect.client.orchestration import get_client
 
-from flows.runtime import JobRecord
+from core.job_records import JobRecord
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ from prefect.client.schemas.responses import ConcurrencyLimitWithLeaseResponse
 from prefect.runtime import flow_run as runtime_flow_run
 
 from core.errors import InfrastructureError
-from core.settings import get_settings
 from flows.pool_run import in_pool_process
+from flows.services import current
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def container_slot(cancel: threading.Event, note: Callable[[str], None]) -> Iter
     if not in_pool_process():
         yield
         return
-    name = get_settings().concurrency_limit_name
+    name = current().settings.concurrency_limit_name
     with get_client(sync_client=True) as client:
         lease_id = _acquire(client, name, cancel, note)
         if lease_id is None:

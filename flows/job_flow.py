@@ -11,8 +11,8 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Cancelled, Failed
 
 from core.errors import WorkerError
+from core.job_records import JobRecord
 from core.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate
-from core.settings import get_settings
 from flows.cancel_watch import PrefectCancelWatcher
 from flows.dependencies import wait_for_dependencies
 from flows.handoff import HandOff
@@ -20,7 +20,7 @@ from flows.job_log import WORKER_PREFIX
 from flows.job_task import job_task, new_job_run
 from flows.pool_run import canceled_before_start, pool_process
 from flows.reporting import JobReporter
-from flows.runtime import JobRecord, get_backend, get_inflight, get_outbox, get_registry
+from flows.services import Services, current
 from flows.workspace import job_workspace_name, workspace
 
 log = logging.getLogger(__name__)
@@ -74,12 +74,12 @@ def execute_job(job_execution_id: str) -> Any:
             job = _fetch_job(job_execution_id)
         if job is None:
             return Failed(message=f"job execution {job_execution_id} could not be fetched from the backend")
-        settings = get_settings()
-        record, _ = get_registry().claim(job.id, job.job.name, job.pipeline_execution_id)
+        services = current()
+        record, _ = services.registry.claim(job.id, job.job.name, job.pipeline_execution_id)
         record.flow_run_id = record.flow_run_id or runtime_flow_run.id
-        reporter = JobReporter(job, record, get_outbox(), get_inflight(), settings)
+        reporter = JobReporter(job, record, services.outbox, services.inflight, services.settings)
         with PrefectCancelWatcher(runtime_flow_run.id, lambda: [record]):
-            return _run_job(job, record, reporter)
+            return _run_job(job, record, reporter, services)
 
 
 def _fetch_job(job_execution_id: str) -> JobExecutionDTO | None:
@@ -90,17 +90,17 @@ def _fetch_job(job_execution_id: str) -> JobExecutionDTO | None:
         log.error("execute-job started with %r, which is not a job execution id", job_execution_id)
         return None
     try:
-        return get_backend().get_job_execution(execution_id)
+        return current().backend.get_job_execution(execution_id)
     except WorkerError as exc:
         reason = f"job not run: could not fetch the job execution from the backend: {exc}"
         log.error("job %s: %s", execution_id, reason)
-        get_outbox().put_status(JobStatusUpdate(job_execution_id=execution_id, status=ExecutionStatus.FAILED,
-                                                logs=f"{WORKER_PREFIX} {reason}\n"))
+        current().outbox.put_status(JobStatusUpdate(job_execution_id=execution_id, status=ExecutionStatus.FAILED,
+                                                    logs=f"{WORKER_PREFIX} {reason}\n"))
         return None
 
 
-def _run_job(job: JobExecutionDTO, record: JobRecord, reporter: JobReporter) -> Any:
-    settings, backend = get_settings(), get_backend()
+def _run_job(job: JobExecutionDTO, record: JobRecord, reporter: JobReporter, services: Services) -> Any:
+    settings, backend = services.settings, services.backend
     try:
         blocked = wait_for_dependencies(job.id, backend, reporter.log, record.cancel,
                                         poll_seconds=settings.dependency_poll_seconds,

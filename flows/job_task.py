@@ -24,7 +24,7 @@ from prefect.states import State
 from core import metrics
 from core.errors import ArtifactsLost, InfrastructureError, JobFailure, JobTimedOut, ScriptFailed, is_retryable
 from core.models import ExecutionStatus, JobExecutionDTO
-from core.settings import Settings, get_settings
+from core.settings import Settings
 from executors.artifacts import discard
 from executors.base import JobResult, JobSpec
 from flows.artifact_upload import publish_artifact_table, upload_artifacts
@@ -33,7 +33,7 @@ from flows.job_log import JobLog
 from flows.pool_run import pool_labels
 from flows.recovery import LABEL_FLOW_RUN
 from flows.reporting import JobReporter, hook_attempt
-from flows.runtime import get_executor
+from flows.services import current
 
 
 class JobRun:
@@ -43,7 +43,8 @@ class JobRun:
     """
 
     def __init__(self, job: JobExecutionDTO, spec: JobSpec, reporter: JobReporter,
-                 cancel: threading.Event, retries: int, script_retries: bool) -> None:
+                 cancel: threading.Event, retries: int, script_retries: bool,
+                 artifact_wait_seconds: float = 60.0) -> None:
         self.job = job
         self.spec = spec
         self.reporter = reporter
@@ -51,6 +52,7 @@ class JobRun:
         self.cancel = cancel
         self.retries = retries
         self.script_retries = script_retries
+        self.artifact_wait_seconds = artifact_wait_seconds  # how long the task waits for its uploads
         self.result: JobResult | None = None
 
 
@@ -83,7 +85,7 @@ def new_job_run(job: JobExecutionDTO, reporter: JobReporter, settings: Settings,
     spec.labels.update(pool_labels())
     return JobRun(job, spec, reporter, reporter.record.cancel,
                   retries=settings.max_retries if explicit is None else explicit,
-                  script_retries=bool(explicit))
+                  script_retries=bool(explicit), artifact_wait_seconds=settings.artifact_wait_seconds)
 
 
 @task(name="run-container", cache_policy=NO_CACHE, persist_result=False)
@@ -97,7 +99,7 @@ def run_container(run: JobRun) -> dict[str, Any]:
     metrics.RUNNING_CONTAINERS.inc()
     try:
         with container_slot(run.cancel, run.log.note):  # across pool workers; a no-op in-process
-            result = get_executor().run(run.spec, run.log.line, run.cancel)
+            result = current().executor.run(run.spec, run.log.line, run.cancel)
     except InfrastructureError as exc:
         run.log.note(f"infrastructure failure: {exc}")
         raise
@@ -107,7 +109,7 @@ def run_container(run: JobRun) -> dict[str, Any]:
     run.result = result
     try:
         rows = upload_artifacts(run.reporter.outbox, str(run.job.id), result.artifacts, run.log,
-                                wait_seconds=get_settings().artifact_wait_seconds)
+                                wait_seconds=run.artifact_wait_seconds)
     except ArtifactsLost as exc:
         run.log.note(f"job failed: {exc}")
         raise

@@ -21,7 +21,6 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Cancelled, Completed, Failed
 
 from core.models import ExecutionStatus
-from core.settings import get_settings
 from flows.cancel_watch import PrefectCancelWatcher
 from flows.handoff import HandOff
 from flows.job_task import JobRun, job_task, new_job_run
@@ -29,7 +28,7 @@ from flows.pipeline_plan import PipelineRun, load_pipeline
 from flows.planning import Outcome, Scheduler
 from flows.pool_run import pool_process
 from flows.reporting import JobReporter
-from flows.runtime import get_backend, get_executor, get_inflight, get_outbox, get_registry
+from flows.services import Services, current
 from flows.workspace import pipeline_workspace_name, workspace
 
 _OUTCOME_OF = {ExecutionStatus.SUCCESS: Outcome.SUCCESS, ExecutionStatus.CANCELED: Outcome.CANCELED}
@@ -42,10 +41,11 @@ def pipeline_run_name(pipeline_execution_id: UUID | str) -> str:
 class PipelineDriver:
     """Walks one planned pipeline run: submit ready jobs, collect outcomes, cancel downstream."""
 
-    def __init__(self, pipeline: PipelineRun, workspace_volume: str | None = None) -> None:
+    def __init__(self, pipeline: PipelineRun, services: Services, workspace_volume: str | None = None) -> None:
         self.pipeline = pipeline
         self.workspace_volume = workspace_volume
-        self.settings = get_settings()
+        self.services = services
+        self.settings = services.settings
         self.scheduler = Scheduler(pipeline.graph)
         self.runs: dict[str, JobRun] = {}
         self.reporters = {job_id: self._reporter(job_id) for job_id in pipeline.jobs}
@@ -53,9 +53,9 @@ class PipelineDriver:
 
     def _reporter(self, job_id: str) -> JobReporter:
         job = self.pipeline.jobs[job_id]
-        record, _ = get_registry().claim(job.id, job.job.name, job.pipeline_execution_id)
+        record, _ = self.services.registry.claim(job.id, job.job.name, job.pipeline_execution_id)
         record.flow_run_id = runtime_flow_run.id
-        return JobReporter(job, record, get_outbox(), get_inflight(), self.settings)
+        return JobReporter(job, record, self.services.outbox, self.services.inflight, self.settings)
 
     def run(self) -> None:
         self._submit_ready()
@@ -138,15 +138,16 @@ def execute_pipeline(pipeline_execution_id: str) -> Any:
 
 
 def _execute_pipeline(pipeline_execution_id: str, start: PipelineStart) -> Any:
-    planned = start.planned or load_pipeline(get_backend(), UUID(pipeline_execution_id))
+    services = current()
+    planned = start.planned or load_pipeline(services.backend, UUID(pipeline_execution_id))
     volume_name = pipeline_workspace_name(str(planned.pipeline_execution_id))
     with workspace(volume_name, {"cicd.pipeline-execution-id": str(planned.pipeline_execution_id)}) as volume:
         if start.seed_directory is not None:
             first_image = next(iter(planned.jobs.values())).job.docker_image
-            settings = get_settings()
-            get_executor().seed_volume(volume, start.seed_directory, first_image, settings.default_working_dir,
+            settings = services.settings
+            services.executor.seed_volume(volume, start.seed_directory, first_image, settings.default_working_dir,
                                        max_bytes=settings.seed_max_bytes)
-        driver = PipelineDriver(planned, volume)
+        driver = PipelineDriver(planned, services, volume)
         records = [reporter.record for reporter in driver.reporters.values()]
         with PrefectCancelWatcher(runtime_flow_run.id, lambda: records) as watcher:
             driver.run()

@@ -32,10 +32,10 @@ from typing import IO, Any
 
 from prefect.context import FlowRunContext
 
-from core.settings import get_settings
+from core.settings import Settings
 from core.state_db import private_dir, private_file
-from flows import runtime
 from flows.recovery import RecoveryMasks, recover
+from flows.services import Services, build_services, current, install
 
 log = logging.getLogger(__name__)
 
@@ -85,17 +85,18 @@ def pool_process() -> Iterator[None]:
         yield
         return
     _in_pool_process.set()
-    slot = _take_slot(get_settings().state_dir)
-    os.environ["WORKER_STATE_DIR"] = str(slot)
-    runtime.reset()  # settings, outbox and in-flight list now live in the slot
-    _recover_slot()
+    settings = Settings()  # this process's entry point: the settings are read here, once
+    slot = _take_slot(settings.state_dir)
+    # The outbox, the in-flight list and the job records of this process live in the slot.
+    services = install(build_services(settings.model_copy(update={"state_dir": slot})))
+    _recover_slot(services)
     canceled = threading.Event()
     try:
         with _sigterm_cancels(canceled):
             yield
     finally:
-        timeout = _SIGTERM_FLUSH_SECONDS if canceled.is_set() else get_settings().shutdown_flush_seconds
-        if not runtime.get_outbox().flush(timeout=timeout):
+        timeout = _SIGTERM_FLUSH_SECONDS if canceled.is_set() else settings.shutdown_flush_seconds
+        if not services.outbox.flush(timeout=timeout):
             log.error("undelivered updates left in %s: sent by the next flow run in this slot", slot)
 
 
@@ -117,13 +118,13 @@ def _take_slot(base: Path) -> Path:
         return slots / str(number)
 
 
-def _recover_slot() -> None:
+def _recover_slot(services: Services) -> None:
     """Send what the slot's previous process left and report the jobs it cut off (only this slot's)."""
-    settings, outbox, inflight = get_settings(), runtime.get_outbox(), runtime.get_inflight()  # sender starts
+    settings, outbox, inflight = services.settings, services.outbox, services.inflight  # the sender runs
     if not inflight.all():  # the usual case; listing containers would race the other flow processes' removals
         return
     try:
-        count = recover(runtime.get_executor(), outbox, inflight, settings.log_tail_bytes,
+        count = recover(services.executor, outbox, inflight, settings.log_tail_bytes,
                         RecoveryMasks.from_settings(settings), sweep=False)
     except Exception as exc:  # the engine may be down: the job itself will say so
         log.error("recovery of slot %s failed: %s", settings.state_dir, exc)
@@ -142,7 +143,7 @@ def _sigterm_cancels(canceled: threading.Event) -> Iterator[None]:
     def cancel_all(signum: int, frame: FrameType | None) -> None:
         log.warning("SIGTERM (flow run canceled or worker stopping): canceling this run's jobs")
         canceled.set()
-        for record in runtime.get_registry().all():
+        for record in current().registry.all():
             record.cancel.set()
 
     previous: Any = signal.signal(signal.SIGTERM, cancel_all)

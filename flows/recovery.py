@@ -15,17 +15,16 @@ import logging
 from typing import Any
 from uuid import UUID
 
-import docker.errors
 from prefect.client.orchestration import get_client
 from prefect.states import Crashed
 
 from core.backend_client import BackendClient, BackendUnavailable
-from core.errors import WorkerError
+from core.errors import InfrastructureError, WorkerError
 from core.inflight import InflightJobs
 from core.models import ExecutionStatus, JobStatusUpdate
 from core.outbox import Outbox
 from core.settings import Settings
-from executors.docker_executor import LABEL_JOB, LABEL_WORKER, DockerExecutor
+from executors.base import Executor, LeftoverContainer
 from flows.masking import Masker, SecretScan, SecretSettings, scan_job_env
 
 log = logging.getLogger(__name__)
@@ -79,7 +78,7 @@ class RecoveryMasks:
         return scan_job_env(job.job.env, job.job.masked_env, self._settings)
 
 
-def recover(executor: DockerExecutor, outbox: Outbox, inflight: InflightJobs, tail_bytes: int,
+def recover(executor: Executor, outbox: Outbox, inflight: InflightJobs, tail_bytes: int,
             masks: RecoveryMasks, sweep: bool = True) -> int:
     """Report and clean up what a previous life of this worker left; returns the number of jobs reported.
 
@@ -88,12 +87,13 @@ def recover(executor: DockerExecutor, outbox: Outbox, inflight: InflightJobs, ta
     ``sweep=False`` (a pool flow process, beside others on the same engine): only the jobs of this
     in-flight list and their containers; other labelled containers and all volumes are left alone.
     """
-    containers = {c.labels.get(LABEL_JOB): c for c in executor.client.containers.list(
-        all=True, filters={"label": f"{LABEL_WORKER}={executor.worker_id}"}, ignore_removed=True)}
+    leftovers = executor.leftover_containers()
+    by_job = {c.job_execution_id: c for c in leftovers if c.job_execution_id is not None}
+    removed: set[str] = set()
     reported = 0
     for job_execution_id, flow_run_id, name in inflight.all():
-        container = containers.pop(job_execution_id, None)
-        captured = _masked_log(container, tail_bytes, masks, job_execution_id) if container is not None else ""
+        container = by_job.get(job_execution_id)
+        captured = _masked_log(executor, container, tail_bytes, masks) if container is not None else ""
         outbox.put_status(JobStatusUpdate(job_execution_id=UUID(job_execution_id), status=ExecutionStatus.FAILED,
                                           logs=captured + (RESTART_NOTE if container else RESTART_BEFORE_START_NOTE)
                                           + "\n"))
@@ -102,24 +102,26 @@ def recover(executor: DockerExecutor, outbox: Outbox, inflight: InflightJobs, ta
         if flow_run_id:
             _mark_crashed(flow_run_id)
         if container is not None:
-            container.remove(force=True)
+            executor.remove_container(container.container_id)
+            removed.add(container.container_id)
         inflight.remove(UUID(job_execution_id))
         reported += 1
     if not sweep:
         return reported
-    for container in containers.values():  # labelled but unknown: nothing to report, just remove
-        container.remove(force=True)
-    for volume in executor.client.volumes.list(filters={"label": f"{LABEL_WORKER}={executor.worker_id}"}):
-        executor.remove_volume(volume.name)
+    for leftover in leftovers:  # labelled but not a cut-off job's: nothing to report, just remove
+        if leftover.container_id not in removed:
+            executor.remove_container(leftover.container_id)
+    for volume in executor.leftover_volumes():
+        executor.remove_volume(volume)
     return reported
 
 
-def _masked_log(container: docker.models.containers.Container, tail_bytes: int, masks: RecoveryMasks,
-                job_execution_id: str) -> str:
+def _masked_log(executor: Executor, container: LeftoverContainer, tail_bytes: int, masks: RecoveryMasks) -> str:
     """The output captured so far, masked like the live log; a note instead when it cannot be masked."""
-    captured = _captured_log(container, tail_bytes)
+    captured = _captured_log(executor, container.container_id, tail_bytes)
     if not captured:
         return ""
+    job_execution_id = str(container.job_execution_id)
     try:
         scan = masks.scan(job_execution_id)
     except MaskUnavailable as exc:
@@ -129,14 +131,11 @@ def _masked_log(container: docker.models.containers.Container, tail_bytes: int, 
     return notes + Masker(scan.needles).mask(captured)
 
 
-def _captured_log(container: docker.models.containers.Container, tail_bytes: int) -> str:
+def _captured_log(executor: Executor, container_id: str, tail_bytes: int) -> str:
     try:
-        raw = container.logs(stdout=True, stderr=True)
-    except docker.errors.APIError as exc:
+        raw = executor.captured_output(container_id, tail_bytes)
+    except InfrastructureError as exc:
         return f"[cicd-worker] could not read the container's log: {exc}\n"
-    if len(raw) > tail_bytes:  # start at a whole line: a cut secret would not be recognised to be masked
-        raw = raw[-tail_bytes:]
-        raw = raw[raw.find(b"\n") + 1:]
     text = raw.decode("utf-8", errors="replace")
     return text if not text or text.endswith("\n") else text + "\n"
 

@@ -16,13 +16,13 @@ from typing import Any
 
 from core import metrics
 from core.inflight import InflightJobs
+from core.job_records import JobRecord
 from core.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate
 from core.outbox import Outbox
 from core.settings import Settings
 from flows.job_log import JobLog
 from flows.log_shipping import LogShipper
 from flows.masking import scan_job_env
-from flows.runtime import JobRecord
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,7 @@ import logging
 from collections.abc import Iterator
 
 from core.errors import InfrastructureError
-from core.settings import get_settings
-from flows.runtime import get_executor
+from flows.services import current
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +23,8 @@ def workspace(name: str, labels: dict[str, str]) -> Iterator[str]:
     An engine that cannot create it now is not the end of the job: the container task that follows retries
     infrastructure failures, and its container create makes the volume (unlabelled, still removed here by name).
     """
-    executor = get_executor()
+    services = current()
+    executor = services.executor
     try:
         executor.create_volume(name, labels)
     except InfrastructureError as exc:
@@ -32,7 +32,7 @@ def workspace(name: str, labels: dict[str, str]) -> Iterator[str]:
     try:
         yield name
     finally:
-        if not get_settings().keep_workspaces:
+        if not services.settings.keep_workspaces:
             executor.remove_volume(name)
 
 

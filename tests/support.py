@@ -1,21 +1,25 @@
 """Shared test helpers (also the benchmarks' own, through bench/harness.py): polling with a deadline, free ports,
-a worker process, backend admin calls."""
+a worker process, a Prefect server demanding auth, a failing client call, backend admin calls."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import httpx
 
+from cli.prefect_server import LocalPrefectServer, stop_group
+from core.backend_client import BackendClient
+
 T = TypeVar("T")
+E = TypeVar("E", bound=Exception)
 TEST_IMAGE = os.environ.get("CICD_TEST_IMAGE", "cicd-busybox:latest")
 FINAL = {"SUCCESS", "FAILED", "CANCELED"}
 REPO = Path(__file__).resolve().parent.parent
@@ -73,15 +77,27 @@ class WorkerProcess:
         stop_group(self.process, 20)
 
 
-def stop_group(process: subprocess.Popen[bytes] | None, grace: float) -> None:
-    """SIGTERM to the process group of a child started with ``start_new_session``; SIGKILL after ``grace`` s."""
-    if process and process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
+@contextlib.contextmanager
+def prefect_server_with_auth(auth: str, log_path: Path) -> Iterator[str]:
+    """A real Prefect server on a free port demanding basic auth ``auth`` (``user:password``); its API URL."""
+    server = LocalPrefectServer(port=free_port(), log_path=log_path, env={"PREFECT_SERVER_API_AUTH_STRING": auth})
+    try:
+        server.start(timeout=240)
+        yield server.api_url
+    finally:
+        server.stop()
+
+
+def raised(kind: type[E], client: BackendClient, call: Callable[[BackendClient], object]) -> tuple[E, float]:
+    """Make ``call`` on ``client``, which must raise ``kind``; close the client; the error and the seconds taken."""
+    began = time.monotonic()
+    try:
+        call(client)
+    except kind as error:
+        return error, time.monotonic() - began
+    finally:
+        client.close()
+    raise AssertionError(f"no {kind.__name__} raised")
 
 
 class Backend:

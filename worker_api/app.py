@@ -21,11 +21,12 @@ from starlette.concurrency import run_in_threadpool
 from core import metrics
 from core.backend_client import BackendRejected
 from core.models import ExecuteAccepted, JobExecutionDTO, JobView, PipelineExecuteRequest
-from core.settings import get_settings
+from core.settings import Settings
 from flows.planning import PlanningError
 from flows.recovery import RecoveryMasks, recover
-from flows.runtime import get_executor, get_inflight, get_outbox, get_registry
+from flows.services import Services, build_services, install
 from worker_api.dispatch import FlowDispatcher
+from worker_api.dispatcher import Dispatcher
 from worker_api.exposure import INSECURE_WARNING, Exposure, classify, refusal_message
 from worker_api.health import HealthChecks, public
 from worker_api.lifecycle import DRAIN
@@ -43,18 +44,18 @@ class StartingUp(Exception):
     """Start-up recovery of the previous worker life is not finished: no job is accepted yet."""
 
 
-def _token_matches(credentials: HTTPAuthorizationCredentials | None) -> bool:
+def _token_matches(settings: Settings, credentials: HTTPAuthorizationCredentials | None) -> bool:
     """Whether the bearer token is ``WORKER_API_TOKEN`` (constant-time compare); True when none is set."""
-    expected = get_settings().api_token
+    expected = settings.api_token
     if expected is None:
         return True
     given = credentials.credentials if credentials else ""
     return hmac.compare_digest(given.encode(), expected.get_secret_value().encode())
 
 
-def require_token(credentials: Credentials) -> None:
+def require_token(request: Request, credentials: Credentials) -> None:
     """When ``WORKER_API_TOKEN`` is set, demand it as a bearer token."""
-    if not _token_matches(credentials):
+    if not _token_matches(request.app.state.settings, credentials):
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="missing or wrong bearer token",
                             headers={"WWW-Authenticate": "Bearer"})
 
@@ -66,13 +67,13 @@ async def require_started(request: Request) -> None:
         raise StartingUp()
 
 
-def _dispatcher(request: Request) -> FlowDispatcher | PoolDispatcher:
+def _dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher
 
 
 Authorized = Depends(require_token)
 Started = Depends(require_started)
-Dispatcher = Annotated[FlowDispatcher | PoolDispatcher, Depends(_dispatcher)]
+TheDispatcher = Annotated[Dispatcher, Depends(_dispatcher)]
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -96,18 +97,16 @@ async def _starting_up(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _body_too_large(request: Request, exc: Exception) -> JSONResponse:
-    limit = get_settings().max_request_bytes
+    limit = request.app.state.settings.max_request_bytes
     return JSONResponse(status_code=413, content={"error": f"request body over {limit} bytes", "field": "body"})
 
 
-def _start_up(dispatcher: FlowDispatcher | PoolDispatcher) -> None:
-    """Send what a previous life left in the outbox, and report the jobs a crash cut off.
+def _start_up(dispatcher: Dispatcher, services: Services) -> None:
+    """Report the jobs a crash cut off (the outbox already sends what a previous life left).
 
     Pool dispatch runs no container here (and a pool worker on this host may share the labels): only the
     outbox resumes, and the global concurrency limit is created or updated.
     """
-    outbox = get_outbox()
-    get_registry()  # opened now: a damaged file is found at start, jobs cut off by a crash are marked FAILED
     if isinstance(dispatcher, PoolDispatcher):
         try:
             dispatcher.prepare()
@@ -115,8 +114,8 @@ def _start_up(dispatcher: FlowDispatcher | PoolDispatcher) -> None:
             log.error("could not create the global concurrency limit: %s", exc)
         return
     try:
-        count = recover(get_executor(), outbox, get_inflight(), get_settings().log_tail_bytes,
-                        RecoveryMasks.from_settings(get_settings()))
+        count = recover(services.executor, services.outbox, services.inflight, services.settings.log_tail_bytes,
+                        RecoveryMasks.from_settings(services.settings))
     except Exception as exc:  # the engine may be down: health says so, and the next start retries
         log.error("start-up recovery failed: %s", exc)
         return
@@ -124,12 +123,12 @@ def _start_up(dispatcher: FlowDispatcher | PoolDispatcher) -> None:
         log.warning("reported %d job(s) cut off by the previous worker life", count)
 
 
-def _start_up_in_background(dispatcher: FlowDispatcher | PoolDispatcher, started: threading.Event) -> None:
+def _start_up_in_background(dispatcher: Dispatcher, services: Services, started: threading.Event) -> None:
     """``_start_up`` off the server's start: a wedged engine must not keep the API (and health) from answering."""
 
     def run() -> None:
         try:
-            _start_up(dispatcher)
+            _start_up(dispatcher, services)
         except Exception:  # the outbox database may be unusable: health says so
             log.exception("start-up failed")
         finally:
@@ -138,13 +137,15 @@ def _start_up_in_background(dispatcher: FlowDispatcher | PoolDispatcher, started
     threading.Thread(target=run, name="start-up", daemon=True).start()
 
 
-def create_app(dispatcher: FlowDispatcher | PoolDispatcher | None = None, exposure: Exposure | None = None) -> FastAPI:
-    """The FastAPI application; the dispatcher is made at start-up unless one is given.
+def create_app(settings: Settings | None = None, *, services: Services | None = None,
+               dispatcher: Dispatcher | None = None, exposure: Exposure | None = None) -> FastAPI:
+    """The FastAPI application; its services and dispatcher are made at start-up unless given.
 
+    ``settings`` are read from the environment unless given (``serve`` reads them once and passes them).
     ``exposure`` is decided by ``serve`` from the listen address; by default from ``WORKER_HOST``,
     ``WORKER_API_TOKEN`` and ``WORKER_INSECURE``. A refused exposure raises ``ValueError``.
     """
-    settings = get_settings()
+    settings = settings or (services.settings if services else Settings())
     exposed = exposure or classify(settings.host, settings.api_token is not None, settings.insecure)
     if exposed is Exposure.REFUSED:
         raise ValueError(refusal_message(settings.host, settings.port))
@@ -153,13 +154,13 @@ def create_app(dispatcher: FlowDispatcher | PoolDispatcher | None = None, exposu
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if exposed is Exposure.INSECURE:
             log.warning(INSECURE_WARNING)
-        app.state.dispatcher = dispatcher or (PoolDispatcher() if get_settings().dispatch == "pool"
-                                              else FlowDispatcher())
-        try:  # made here, once: the start-up thread and the first health check would race to make two
-            get_outbox()
-        except Exception:
-            log.exception("the outbox could not be opened")
-        _start_up_in_background(app.state.dispatcher, app.state.started)
+        # Built here, once, from the settings read for this app: the outbox's sender starts at once.
+        made = services or install(build_services(settings))
+        app.state.services = made
+        app.state.health = HealthChecks(made)
+        app.state.dispatcher = dispatcher or (PoolDispatcher(made) if settings.dispatch == "pool"
+                                              else FlowDispatcher(made))
+        _start_up_in_background(app.state.dispatcher, made, app.state.started)
         yield
         app.state.dispatcher.shutdown(wait=False)
 
@@ -167,8 +168,8 @@ def create_app(dispatcher: FlowDispatcher | PoolDispatcher | None = None, exposu
     app = FastAPI(title="cicd-worker", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None, description="Runs CI/CD jobs in Docker containers as Prefect flow runs.")
     app.state.exposure = exposed
+    app.state.settings = settings
     app.state.started = threading.Event()
-    app.state.health = HealthChecks()
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(QueueFull, _queue_full)
     app.add_exception_handler(BodyTooLarge, _body_too_large)
@@ -206,21 +207,21 @@ def _add_job_routes(app: FastAPI) -> None:
     @app.post("/api/job/execute", status_code=202, response_model=ExecuteAccepted,
               response_model_by_alias=True, dependencies=[Authorized, Started],
               responses={200: {"description": "already known: same ids, nothing started"}})
-    async def execute_job(job: JobExecutionDTO, dispatcher: Dispatcher) -> Any:
+    async def execute_job(job: JobExecutionDTO, dispatcher: TheDispatcher) -> Any:
         record, started = await run_in_threadpool(dispatcher.submit_job, job)
         body = ExecuteAccepted(job_execution_id=record.job_execution_id, flow_run_id=record.flow_run_id)
         return body if started else JSONResponse(status_code=200, content=body.to_wire())
 
     @app.get("/api/job/{job_execution_id}", response_model=JobView, response_model_by_alias=True,
              dependencies=[Authorized])
-    async def job_view(job_execution_id: UUID, dispatcher: Dispatcher) -> Any:
+    async def job_view(job_execution_id: UUID, dispatcher: TheDispatcher) -> Any:
         view = await run_in_threadpool(dispatcher.job_view, job_execution_id)
         if view is None:
             raise HTTPException(404, detail=f"job execution {job_execution_id} is not known to this worker")
         return view
 
     @app.post("/api/job/{job_execution_id}/cancel", status_code=202, dependencies=[Authorized])
-    async def cancel_job(job_execution_id: UUID, dispatcher: Dispatcher) -> dict[str, Any]:
+    async def cancel_job(job_execution_id: UUID, dispatcher: TheDispatcher) -> dict[str, Any]:
         view = await run_in_threadpool(dispatcher.cancel_job, job_execution_id)
         if view is None:
             raise HTTPException(404, detail=f"job execution {job_execution_id} is not known to this worker")
@@ -233,7 +234,7 @@ def _add_pipeline_routes(app: FastAPI) -> None:
               responses={200: {"description": "already accepted: same flow run, nothing started"},
                          422: {"description": "invalid pipeline (cycle, unknown dependency...): every job "
                                               "of the run is reported FAILED with the reason"}})
-    async def execute_pipeline(body: PipelineExecuteRequest, dispatcher: Dispatcher) -> Any:
+    async def execute_pipeline(body: PipelineExecuteRequest, dispatcher: TheDispatcher) -> Any:
         try:
             record, started = await run_in_threadpool(dispatcher.submit_pipeline, body.pipeline_execution_id)
         except PlanningError as exc:
@@ -248,12 +249,12 @@ def _add_pipeline_routes(app: FastAPI) -> None:
 
 def _add_worker_routes(app: FastAPI) -> None:
     @app.get("/api/worker/config", dependencies=[Authorized])
-    async def worker_config() -> dict[str, Any]:
-        return get_settings().public_view()
+    async def worker_config(request: Request) -> dict[str, Any]:
+        return request.app.state.settings.public_view()
 
     @app.get("/metrics", dependencies=[Authorized], response_class=PlainTextResponse)
-    async def prometheus_metrics() -> PlainTextResponse:
-        body = metrics.render(get_outbox().stats())
+    async def prometheus_metrics(request: Request) -> PlainTextResponse:
+        body = metrics.render(request.app.state.services.outbox.stats())
         return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/worker/health")
@@ -267,6 +268,7 @@ def _add_worker_routes(app: FastAPI) -> None:
             report.status, up = "DRAINING", False
         if exposed is Exposure.INSECURE:
             report.insecure, report.warnings = True, [INSECURE_WARNING]
-        detail = _token_matches(credentials) if exposed is Exposure.TOKEN else exposed is Exposure.LOOPBACK
+        settings: Settings = request.app.state.settings
+        detail = _token_matches(settings, credentials) if exposed is Exposure.TOKEN else exposed is Exposure.LOOPBACK
         shown = report if detail else public(report)
         return JSONResponse(status_code=200 if up else 503, content=shown.to_wire())

@@ -33,6 +33,8 @@ from typing import Any
 import httpx
 import yaml
 
+from core.settings import Settings
+
 PREFECT_FILE = "prefect.yaml"
 NO_AUTH_WARNING = ("WARNING: --no-prefect-auth: the Prefect server is used without basic auth. Anyone who reaches "
                    "it can start execute-job/execute-pipeline with any parameters on every pool host. Set "
@@ -134,11 +136,8 @@ def deploy_all(work_pool: str, deployment_name: str, limit_name: str, limit: int
     return deploy(work_pool, deployment_name, directory)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(settings: Settings, argv: list[str] | None = None) -> int:
     """Console entry (``cicd-worker deploy``); defaults come from the ``WORKER_*`` settings."""
-    from core.settings import get_settings
-
-    settings = get_settings()
     parser = argparse.ArgumentParser(prog="cicd-worker deploy", description=(
         "Create the Prefect work pool and global concurrency limit, and register the deployments of prefect.yaml."))
     parser.add_argument("--pool", default=settings.work_pool, help="work pool (default WORKER_WORK_POOL)")
@@ -168,4 +167,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(Settings()))

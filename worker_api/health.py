@@ -19,9 +19,8 @@ import docker
 import httpx
 
 from core.models import HealthReport
-from core.settings import get_settings
 from core.state_db import state_problems
-from flows.runtime import get_backend, get_outbox
+from flows.services import Services
 
 CHECK_TIMEOUT_SECONDS = 3.0
 DEADLINE_SECONDS = 4.0
@@ -49,13 +48,20 @@ def _prefect() -> dict[str, Any]:
     return {"status": "UP", "detail": url}
 
 
-def _backend() -> dict[str, Any]:
-    get_backend().probe()
-    return {"status": "UP"}
+def _backend(services: Services) -> Check:
+    def check() -> dict[str, Any]:
+        services.backend.probe()
+        return {"status": "UP"}
+
+    return check
 
 
-def _outbox() -> dict[str, Any]:
-    stats = dict(get_outbox().stats())
+def _outbox(services: Services) -> Check:
+    return lambda: _outbox_check(services)
+
+
+def _outbox_check(services: Services) -> dict[str, Any]:
+    stats = dict(services.outbox.stats())
     if stats.get("senderAlive") is False:  # nothing reaches the backend while the sender is down
         return {**stats, "status": "DOWN", "error": stats.get("senderProblem") or "the outbox sender is not running"}
     return {**stats, "status": "UP"}
@@ -67,8 +73,10 @@ def _state() -> dict[str, Any]:
     return {"status": "UP", **({"errors": problems} if problems else {})}
 
 
-CHECKS: dict[str, Check] = {"docker": _docker, "prefect": _prefect, "backend": _backend, "outbox": _outbox,
-                            "state": _state}
+def all_checks(services: Services) -> dict[str, Check]:
+    """Every check, those of the backend and the outbox on these services."""
+    return {"docker": _docker, "prefect": _prefect, "backend": _backend(services), "outbox": _outbox(services),
+            "state": _state}
 
 
 def _run(check: Check, result: Future[dict[str, Any]]) -> None:
@@ -82,10 +90,12 @@ def _run(check: Check, result: Future[dict[str, Any]]) -> None:
 
 
 class HealthChecks:
-    """Runs ``CHECKS`` concurrently with a deadline; one instance per app."""
+    """Runs the checks concurrently with a deadline; one instance per app."""
 
-    def __init__(self, checks: dict[str, Check] | None = None, deadline: float = DEADLINE_SECONDS) -> None:
-        self._checks = checks or CHECKS
+    def __init__(self, services: Services, checks: dict[str, Check] | None = None,
+                 deadline: float = DEADLINE_SECONDS) -> None:
+        self._checks = checks or all_checks(services)
+        self._local = services.settings.dispatch == "local"
         self._deadline = deadline
         self._running: dict[str, Future[dict[str, Any]]] = {}
         self._lock = threading.Lock()
@@ -111,7 +121,7 @@ class HealthChecks:
         checks = {name: result.result() if result.done() else
                   {"status": "DOWN", "error": f"no answer within {self._deadline:g} s"}
                   for name, result in results.items()}
-        needed = ["prefect", "outbox"] + (["docker"] if get_settings().dispatch == "local" else [])
+        needed = ["prefect", "outbox"] + (["docker"] if self._local else [])
         up = all(checks[name]["status"] == "UP" for name in needed if name in checks)
         return HealthReport(status="UP" if up else "DOWN", checks=checks), up
 

@@ -18,8 +18,8 @@ from types import FrameType
 
 import uvicorn
 
-from core.settings import get_settings
-from flows.runtime import get_outbox, get_registry
+from core.job_records import JobRegistry
+from flows.services import current
 
 log = logging.getLogger(__name__)
 
@@ -33,22 +33,23 @@ class Drain:
     def run(self) -> None:
         """Steps 2-4 of the module docstring; blocks until done."""
         self.started.set()
-        settings = get_settings()
+        services = current()  # the services the app installed at its start-up
+        settings, registry = services.settings, services.registry
         log.warning("shutting down: no new jobs; waiting up to %.0f s for running jobs",
                     settings.shutdown_grace_seconds)
-        if not _wait_all_final(settings.shutdown_grace_seconds):
-            unfinished = [r for r in get_registry().all() if not r.status.is_final]
+        if not _wait_all_final(registry, settings.shutdown_grace_seconds):
+            unfinished = [r for r in registry.all() if not r.status.is_final]
             log.warning("canceling %d job(s) still running after the grace period", len(unfinished))
             for record in unfinished:
                 record.cancel.set()
-            _wait_all_final(settings.stop_grace_seconds + 15)
-        if not get_outbox().flush(timeout=settings.shutdown_flush_seconds):
-            log.error("outbox not empty at shutdown: %s (sent at the next start)", get_outbox().stats())
+            _wait_all_final(registry, settings.stop_grace_seconds + 15)
+        if not services.outbox.flush(timeout=settings.shutdown_flush_seconds):
+            log.error("outbox not empty at shutdown: %s (sent at the next start)", services.outbox.stats())
 
 
-def _wait_all_final(timeout: float) -> bool:
+def _wait_all_final(registry: JobRegistry, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while any(not record.status.is_final for record in get_registry().all()):
+    while any(not record.status.is_final for record in registry.all()):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.2)

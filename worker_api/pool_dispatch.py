@@ -21,11 +21,10 @@ Nothing runs in this process: ``prefect worker`` processes on any number of host
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
+from prefect import Flow
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import (
     FlowRunFilter,
@@ -39,87 +38,68 @@ from prefect.client.schemas.responses import SetStateStatus
 from prefect.deployments import run_deployment
 from prefect.states import Cancelled, Cancelling
 
+from core.job_records import JobRecord, JobRegistry
 from core.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate, JobView
-from core.settings import get_settings
 from flows.job_flow import job_run_name, job_tags
 from flows.job_log import WORKER_PREFIX
 from flows.pipeline_flow import pipeline_run_name
-from flows.pipeline_plan import load_pipeline
-from flows.runtime import JobRecord, get_backend, get_outbox
+from flows.pipeline_plan import PipelineRun
+from flows.services import Services
 from worker_api.deploy import ensure_concurrency_limit
-from worker_api.dispatch import PipelineRecord, room_for
+from worker_api.dispatcher import Dispatcher
 from worker_api.flow_runs import SharedPrefectClient
 
 log = logging.getLogger(__name__)
 
-_DISPATCH_WAIT_SECONDS = 30.0
 _KEEP_RECORDS = 10_000
 _NOT_STARTED = (StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED)
 _NOT_FINAL = [*_NOT_STARTED, StateType.RUNNING, StateType.CANCELLING]
 _STATUS_OF = {StateType.RUNNING: ExecutionStatus.RUNNING, StateType.CANCELLING: ExecutionStatus.RUNNING,
               StateType.COMPLETED: ExecutionStatus.SUCCESS, StateType.FAILED: ExecutionStatus.FAILED,
               StateType.CRASHED: ExecutionStatus.FAILED, StateType.CANCELLED: ExecutionStatus.CANCELED}
-R = TypeVar("R", JobRecord, PipelineRecord)
 
 
-class PoolDispatcher:
-    """Submits flow runs to the work pool; idempotent per execution id. Thread-safe."""
+class PoolDispatcher(Dispatcher):
+    """Submits flow runs to the work pool; idempotent per execution id. Thread-safe.
 
-    def __init__(self) -> None:
-        self._jobs: dict[UUID, JobRecord] = {}
-        self._pipelines: dict[UUID, PipelineRecord] = {}
-        self._lock = threading.Lock()
+    Job records are kept in memory only (the newest ``_KEEP_RECORDS``): Prefect's idempotency key answers
+    for an execution this process no longer remembers.
+    """
+
+    def __init__(self, services: Services) -> None:
+        super().__init__(services, JobRegistry(), keep_pipelines=_KEEP_RECORDS)
         self._shared = SharedPrefectClient()
         self._limit_ready = False
 
     def prepare(self) -> None:
         """Create or update the global concurrency limit; done at start-up, retried before a submission."""
         if not self._limit_ready:
-            settings = get_settings()
+            settings = self.services.settings
             ensure_concurrency_limit(settings.concurrency_limit_name, settings.max_concurrent_jobs)
             self._limit_ready = True
 
-    def submit_job(self, job: JobExecutionDTO) -> tuple[JobRecord, bool]:
-        """Submit the job's flow run unless this job execution is known; returns the record and whether new."""
-        record, created = self._claim(self._jobs, job.id,
-                                      lambda: JobRecord(job.id, job.job.name, job.pipeline_execution_id))
-        if not created:
-            record.dispatched.wait(_DISPATCH_WAIT_SECONDS)
-            return record, False
-        try:
-            self._check_room(1)
-            # Ids only: the flow process fetches the job execution (its env) from the backend.
-            params = {"job_execution_id": str(job.id)}
-            flow_run = self._run_deployment("execute-job", params, job_run_name(job), job_tags(job),
-                                            f"cicd-job-{job.id}")
-        except Exception:
-            self._forget(self._jobs, job.id)
-            raise
-        record.flow_run_id = flow_run.id
-        record.dispatched.set()
-        return record, True
+    def _claim_job(self, job: JobExecutionDTO) -> tuple[JobRecord, bool]:
+        # Records never become final here (the jobs run elsewhere): the oldest are forgotten whatever their status.
+        self._jobs.prune(_KEEP_RECORDS - 1, finals_only=False)
+        return self._jobs.claim(job.id, job.job.name, job.pipeline_execution_id)
 
-    def submit_pipeline(self, pipeline_execution_id: UUID) -> tuple[PipelineRecord, bool]:
-        """Fetch and plan (raising ``PlanningError`` for an invalid run), then submit its flow run."""
-        record, created = self._claim(self._pipelines, pipeline_execution_id,
-                                      lambda: PipelineRecord(pipeline_execution_id))
-        if not created:
-            record.dispatched.wait(_DISPATCH_WAIT_SECONDS)
-            return record, False
-        try:
-            planned = load_pipeline(get_backend(), pipeline_execution_id)
-            self._check_room(len(planned.jobs))
-            # Ids only: the flow process fetches and plans the run again (its jobs' env never goes to Prefect).
-            params = {"pipeline_execution_id": str(pipeline_execution_id)}
-            flow_run = self._run_deployment("execute-pipeline", params, pipeline_run_name(pipeline_execution_id),
-                                            ["cicd-pipeline", f"pipeline:{pipeline_execution_id}"],
-                                            f"cicd-pipeline-{pipeline_execution_id}")
-        except Exception:
-            self._forget(self._pipelines, pipeline_execution_id)
-            raise
-        record.flow_run_id = flow_run.id
-        record.dispatched.set()
-        return record, True
+    def _create_job_run(self, job: JobExecutionDTO, params: dict[str, Any]) -> FlowRun:
+        self._check_room(1)
+        # The flow process fetches the job execution (its env) from the backend.
+        return self._run_deployment("execute-job", params, job_run_name(job), job_tags(job), f"cicd-job-{job.id}")
+
+    def _create_pipeline_run(self, planned: PipelineRun, params: dict[str, Any]) -> FlowRun:
+        # The flow process fetches and plans the run again (its jobs' env never goes to Prefect).
+        pipeline_execution_id = planned.pipeline_execution_id
+        return self._run_deployment("execute-pipeline", params, pipeline_run_name(pipeline_execution_id),
+                                    ["cicd-pipeline", f"pipeline:{pipeline_execution_id}"],
+                                    f"cicd-pipeline-{pipeline_execution_id}")
+
+    def _job_accepted(self, job: JobExecutionDTO, record: JobRecord) -> None:
+        """Nothing to write down: the flow process keeps the job's in-flight entry in its own slot."""
+
+    def _launch(self, flow: Flow, flow_run: FlowRun, params: dict[str, Any], record: JobRecord | None) -> None:
+        """Nothing to start: a ``prefect worker`` picks the scheduled run up."""
 
     def job_view(self, job_execution_id: UUID) -> JobView | None:
         """The job's flow run as Prefect sees it; None for a job not submitted through this process."""
@@ -157,7 +137,7 @@ class PoolDispatcher:
         # Cancelled is final, so a flow process starting now is refused Running. If it got Running first,
         # its cancel watcher sees Cancelled and reports the job itself.
         if not any(state.type == StateType.RUNNING for state in api.read_flow_run_states(record.flow_run_id)):
-            get_outbox().put_status(JobStatusUpdate(
+            self.services.outbox.put_status(JobStatusUpdate(
                 job_execution_id=record.job_execution_id, status=ExecutionStatus.CANCELED,
                 logs=f"{WORKER_PREFIX} canceled before it started\n"))
         return True
@@ -168,7 +148,7 @@ class PoolDispatcher:
     def _run_deployment(self, flow_name: str, params: dict[str, Any], name: str, tags: list[str],
                         key: str) -> FlowRun:
         self.prepare()
-        settings = get_settings()
+        settings = self.services.settings
         flow_run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync here: no event loop in this thread
             f"{flow_name}/{settings.deployment_name}", parameters=params, flow_run_name=name, tags=tags,
             idempotency_key=key, timeout=0, as_subflow=False,
@@ -176,25 +156,11 @@ class PoolDispatcher:
         return flow_run
 
     def _check_room(self, jobs: int) -> None:
-        settings = get_settings()
+        settings = self.services.settings
         unfinished = self._api().count_flow_runs(
             work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[settings.work_pool])),
             flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=_NOT_FINAL))))
-        room_for(jobs)(unfinished)
+        self._room(jobs)(unfinished)
 
     def _api(self) -> SyncPrefectClient:
         return self._shared.get()
-
-    def _claim(self, records: dict[UUID, R], key: UUID, make: Callable[[], R]) -> tuple[R, bool]:
-        with self._lock:
-            known = records.get(key)
-            if known is not None:
-                return known, False
-            while len(records) >= _KEEP_RECORDS:  # oldest first: dicts keep insertion order
-                del records[next(iter(records))]
-            record = records[key] = make()
-            return record, True
-
-    def _forget(self, records: dict[UUID, Any], key: UUID) -> None:
-        with self._lock:
-            records.pop(key, None)

@@ -17,7 +17,7 @@ from core.errors import is_retryable
 from core.http_deadline import DeadlineTransport
 from core.models import ExecutionStatus, JobStatusUpdate, LogChunk
 from reference_backend.server import BackendServer
-from tests.support import TEST_IMAGE, free_port
+from tests.support import TEST_IMAGE, free_port, raised
 
 
 class CountingTransport(DeadlineTransport):
@@ -154,15 +154,11 @@ def test_unknown_job_is_rejected_with_the_backend_message(server: BackendServer)
     unknown = uuid.uuid4()
     transport_calls = CountingTransport()
     counted = BackendClient(server.api_url, retry_seconds=5, transport=transport_calls)
-    try:
-        with pytest.raises(BackendRejected) as exc:
-            counted.get_job_execution(unknown)
-    finally:
-        counted.close()
-    assert exc.value.status_code == 404
-    assert f"job execution {unknown} not found" in str(exc.value)
-    assert "GET /jobs/" in str(exc.value) and "HTTP 404" in str(exc.value)
-    assert not is_retryable(exc.value)
+    error, _ = raised(BackendRejected, counted, lambda c: c.get_job_execution(unknown))
+    assert error.status_code == 404
+    assert f"job execution {unknown} not found" in str(error)
+    assert "GET /jobs/" in str(error) and "HTTP 404" in str(error)
+    assert not is_retryable(error)
     assert transport_calls.requests == 1  # a 4xx is not retried
 
 
@@ -255,30 +251,20 @@ def test_outage_longer_than_retry_window_is_unavailable(server: BackendServer, a
     transport = CountingTransport()
     backend = BackendClient(server.api_url, retry_seconds=1.5, transport=transport)
     admin.post("/faults", json={"downForSeconds": 30}).raise_for_status()
-    began = time.monotonic()
-    try:
-        with pytest.raises(BackendUnavailable) as exc:
-            backend.get_job_status(execution_id)
-    finally:
-        backend.close()
-    assert time.monotonic() - began < 5
+    error, took = raised(BackendUnavailable, backend, lambda c: c.get_job_status(execution_id))
+    assert took < 5
     assert transport.requests >= 2
-    assert "HTTP 503" in str(exc.value) and f"/jobs/{execution_id}/status" in str(exc.value)
-    assert is_retryable(exc.value)
+    assert "HTTP 503" in str(error) and f"/jobs/{execution_id}/status" in str(error)
+    assert is_retryable(error)
 
 
 def test_connection_refused_is_retried_then_unavailable() -> None:
     transport = CountingTransport()
     backend = BackendClient(f"http://127.0.0.1:{free_port()}/api", retry_seconds=1.5, transport=transport)
-    began = time.monotonic()
-    try:
-        with pytest.raises(BackendUnavailable) as exc:
-            backend.get_job_execution(uuid.uuid4())
-    finally:
-        backend.close()
-    assert time.monotonic() - began < 5
+    error, took = raised(BackendUnavailable, backend, lambda c: c.get_job_execution(uuid.uuid4()))
+    assert took < 5
     assert transport.requests >= 2
-    assert "ConnectError" in str(exc.value)
+    assert "ConnectError" in str(error)
 
 
 def test_awkward_file_names_arrive_as_named(server: BackendServer, client: BackendClient) -> None:
@@ -309,12 +295,8 @@ def test_only_2xx_is_success(server: BackendServer, admin: httpx.Client) -> None
     admin.post("/faults", json={"answers": {"/api/job/status": 302}}).raise_for_status()
     transport = CountingTransport()
     backend = BackendClient(server.api_url, retry_seconds=1, transport=transport)
-    try:
-        with pytest.raises(BackendUnavailable) as exc:
-            backend.update_job_status(JobStatusUpdate(job_execution_id=uuid.UUID(execution_id),
-                                                      status=ExecutionStatus.RUNNING))
-    finally:
-        backend.close()
-    assert "HTTP 302 to /login (not followed)" in str(exc.value) and exc.value.status_code == 302
+    running = JobStatusUpdate(job_execution_id=uuid.UUID(execution_id), status=ExecutionStatus.RUNNING)
+    error, _ = raised(BackendUnavailable, backend, lambda c: c.update_job_status(running))
+    assert "HTTP 302 to /login (not followed)" in str(error) and error.status_code == 302
     assert transport.requests >= 2  # retried, never followed
     assert report(server, execution_id)["history"] == []

@@ -6,6 +6,7 @@ fails the session if any test leaves one behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -18,7 +19,7 @@ import docker
 import pytest
 from docker.models.containers import Container
 
-from core.errors import ImageUnavailable
+from core.errors import ContainerLost, ImageUnavailable
 from executors.base import JobResult, JobSpec
 from executors.docker_executor import LABEL_JOB, LABEL_WORKER, SCRIPT_DIR, SCRIPT_PATH, DockerExecutor
 from tests.conftest import WORKER_ID
@@ -300,3 +301,32 @@ def test_long_script_goes_in_as_a_file_on_a_volume_removed_with_the_container(
     with pytest.raises(docker.errors.NotFound):
         docker_client.volumes.get(volumes[0])
     assert_cleaned_up(docker_client, run)
+
+
+def test_leftovers_of_a_worker_id_are_listed_read_and_removed(docker_client: docker.DockerClient) -> None:
+    # An id of its own: the session's id may have containers and volumes of other tests at this moment.
+    leftover = DockerExecutor(f"{WORKER_ID}-leftovers", stop_grace_seconds=1)
+    job_id, volume = str(uuid.uuid4()), f"cicd-test-leftover-{uuid.uuid4().hex[:8]}"
+    labels = {LABEL_WORKER: leftover.worker_id, LABEL_JOB: job_id, "cicd.flow-run-id": "flow-1"}
+    container = docker_client.containers.run(TEST_IMAGE, ["sh", "-c", "echo line1; echo line2; echo line3; sleep 60"],
+                                             labels=labels, detach=True, init=True)
+    leftover.create_volume(volume, {})
+    try:
+        wait_for(lambda: b"line3" in container.logs(), 15, what="the container's output")
+        [found] = leftover.leftover_containers()
+        assert (found.container_id, found.job_execution_id) == (container.id, job_id)
+        assert found.labels["cicd.flow-run-id"] == "flow-1"
+        assert leftover.captured_output(found.container_id, 1000) == b"line1\nline2\nline3\n"
+        assert leftover.captured_output(found.container_id, 8) == b"line3\n"  # cut: from a whole line on
+        leftover.remove_container(found.container_id)  # running: stopped and removed
+        leftover.remove_container(found.container_id)  # already gone: no error
+        assert leftover.leftover_containers() == []
+        with pytest.raises(ContainerLost):
+            leftover.captured_output(found.container_id, 1000)
+        assert leftover.leftover_volumes() == [volume]
+        leftover.remove_volume(volume)
+        assert leftover.leftover_volumes() == []
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
+        leftover.remove_volume(volume)

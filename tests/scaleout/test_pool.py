@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from tests.conftest import ARTIFACT_DIR, WORKER_ID, worker_env
-from tests.support import FINAL, REPO, Backend, WorkerProcess, free_port, statuses, wait_for
+from tests.support import FINAL, REPO, Backend, WorkerProcess, prefect_server_with_auth, statuses, wait_for
 
 pytestmark = pytest.mark.slow
 AUTH = f"cicd:{uuid.uuid4().hex}"
@@ -106,13 +106,8 @@ def _online(pool: str, names: set[str]) -> bool:
 @pytest.fixture(scope="module")
 def prefect_api_url() -> Iterator[str]:
     """A Prefect server demanding basic auth, as the multi-host set-up requires."""
-    from cli.prefect_server import LocalPrefectServer
-
-    server = LocalPrefectServer(port=free_port(), log_path=ARTIFACT_DIR / "prefect-server-pool.log",
-                                env={"PREFECT_SERVER_API_AUTH_STRING": AUTH})
-    server.start(timeout=240)
-    yield server.api_url
-    server.stop()
+    with prefect_server_with_auth(AUTH, ARTIFACT_DIR / "prefect-server-pool.log") as api_url:
+        yield api_url
 
 
 @pytest.fixture(scope="module")
@@ -152,17 +147,28 @@ def scaleout(backend: Backend, docker_client: docker.DockerClient, prefect_api_u
 def _watch(docker_client: docker.DockerClient, backend: Backend, run_id: str, job_ids: list[str],
            timeout: float) -> tuple[int, dict[str, str]]:
     """Until every job is final: the peak of running containers and the Prefect worker of each job."""
-    peak, worker_of = 0, {}
+    peak = 0
     labels = [f"cicd.worker-id={WORKER_ID}", f"cicd.pipeline-execution-id={run_id}"]
+    since = int(time.time()) - 1
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         running = docker_client.containers.list(filters={"label": labels, "status": "running"}, ignore_removed=True)
         peak = max(peak, len(running))
-        worker_of.update({c.labels["cicd.job-execution-id"]: c.labels.get("cicd.prefect-worker", "?") for c in running})
         if all(backend.job(job_id)["status"] in FINAL for job_id in job_ids):
-            return peak, worker_of
+            return peak, _workers_of_started_containers(docker_client, labels, since)
         time.sleep(0.1)
     raise AssertionError(f"not all {len(job_ids)} jobs final after {timeout:g} s")
+
+
+def _workers_of_started_containers(docker_client: docker.DockerClient, labels: list[str], since: int
+                                   ) -> dict[str, str]:
+    """Job execution id -> Prefect worker label of every container started since ``since``, from the engine's
+    events (polling alone misses a 2 s container when the machine is loaded)."""
+    events = docker_client.events(since=since, until=int(time.time()) + 1, decode=True,
+                                  filters={"type": "container", "event": "start", "label": labels})
+    attributes = [event.get("Actor", {}).get("Attributes", {}) for event in events]
+    return {a["cicd.job-execution-id"]: a.get("cicd.prefect-worker", "?") for a in attributes
+            if "cicd.job-execution-id" in a}
 
 
 def _submit(backend: Backend, api_url: str, job_ids: list[str]) -> tuple[dict[str, tuple[datetime, str]], list[float]]:

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.conftest import ARTIFACT_DIR, worker_env
-from tests.support import REPO, Backend, WorkerProcess, free_port, wait_for
+from tests.support import REPO, Backend, WorkerProcess, free_port, prefect_server_with_auth, wait_for
 
 CLI = str(Path(sys.executable).with_name("cicd-worker"))
 TOKEN = "api-token-" + uuid.uuid4().hex
@@ -207,13 +207,8 @@ def test_health_answers_within_5s_when_the_engine_hangs(make_worker, tmp_path: P
 @pytest.fixture(scope="module")
 def prefect_with_auth() -> Iterator[str]:
     """A real Prefect server demanding basic auth (``PREFECT_SERVER_API_AUTH_STRING``); its API URL."""
-    from cli.prefect_server import LocalPrefectServer
-
-    server = LocalPrefectServer(port=free_port(), log_path=ARTIFACT_DIR / "prefect-server-auth.log",
-                                env={"PREFECT_SERVER_API_AUTH_STRING": PREFECT_AUTH})
-    server.start(timeout=240)
-    yield server.api_url
-    server.stop()
+    with prefect_server_with_auth(PREFECT_AUTH, ARTIFACT_DIR / "prefect-server-auth.log") as api_url:
+        yield api_url
 
 
 def test_prefect_api_with_auth_refuses_unauthenticated_calls(prefect_with_auth: str) -> None:

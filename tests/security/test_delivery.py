@@ -28,7 +28,7 @@ from core.models import ExecutionStatus, JobStatusUpdate
 from core.outbox import Outbox
 from reference_backend.server import BackendServer
 from tests.conftest import worker_env
-from tests.support import TEST_IMAGE, Backend, WorkerProcess, final_log, statuses, wait_for
+from tests.support import TEST_IMAGE, Backend, WorkerProcess, final_log, raised, statuses, wait_for
 
 FAST = OutboxLimits(max_backoff=0.2, watchdog_seconds=0.2, stuck_after_seconds=1.0)
 
@@ -130,12 +130,8 @@ def test_a_direct_call_answered_302_is_an_error(server: BackendServer, admin: ht
     job_id = new_job(server)
     admin.post("/faults", json={"answers": {f"/api/jobs/{job_id}/status": 302}}).raise_for_status()
     client = BackendClient(server.api_url, retry_seconds=0)
-    try:
-        with pytest.raises(BackendUnavailable) as exc:
-            client.get_job_status(job_id)
-    finally:
-        client.close()
-    assert "HTTP 302" in str(exc.value) and exc.value.answered and exc.value.status_code == 302
+    error, _ = raised(BackendUnavailable, client, lambda c: c.get_job_status(job_id))
+    assert "HTTP 302" in str(error) and error.answered and error.status_code == 302
 
 
 # -- whole-call deadline and answer size -----------------------------------------------------------
@@ -184,15 +180,9 @@ def _drip(data: bytes, every: float) -> Callable[[socket.socket], None]:
 def test_slow_drip_answer_is_abandoned_within_the_deadline(raw_server: Any, answer: bytes) -> None:
     base = raw_server(_drip(answer, 0.05))  # a byte every 50 ms: no single read ever waits 1.5 s
     client = BackendClient(base, timeout=1.5, retry_seconds=0)
-    began = time.monotonic()
-    try:
-        with pytest.raises(BackendUnavailable) as exc:
-            client.get_job_status(uuid.uuid4())
-    finally:
-        client.close()
-    took = time.monotonic() - began
+    error, took = raised(BackendUnavailable, client, lambda c: c.get_job_status(uuid.uuid4()))
     assert took < 2.5, f"the call took {took:.1f} s, deadline 1.5 s"
-    assert "1.5 s" in str(exc.value)
+    assert "1.5 s" in str(error)
 
 
 def test_huge_answer_is_refused_naming_the_size(raw_server: Any) -> None:
@@ -210,12 +200,8 @@ def test_huge_answer_is_refused_naming_the_size(raw_server: Any) -> None:
     for base, expected in ((declared, "50000000 bytes refused (more than 1048576)"),
                            (undeclared, "refused: more than 1048576 bytes")):
         client = BackendClient(base, timeout=5, retry_seconds=0, max_answer_bytes=1024 * 1024)
-        try:
-            with pytest.raises(BackendUnavailable) as exc:
-                client.get_job_execution(uuid.uuid4())
-        finally:
-            client.close()
-        assert expected in str(exc.value) and exc.value.answered
+        error, _ = raised(BackendUnavailable, client, lambda c: c.get_job_execution(uuid.uuid4()))
+        assert expected in str(error) and error.answered
 
 
 # -- a supervised sender ---------------------------------------------------------------------------
