@@ -40,9 +40,10 @@ lint: $(STAMP)
 test: setup chromium lint
 	$(BIN)/pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
-## the suite without the tests marked slow (fault injection, crashes, engine restarts, scale-out, browser)
-test-fast: setup lint
-	$(BIN)/pytest -q -p no:cacheprovider --durations=10 -m "not slow" $(PYTEST_ARGS)
+## the fast lane: lint, then every test that needs no Docker engine and is not marked slow (unit tests, the
+## planner, the flows' logic on the in-process DummyExecutor, the backend client against the reference backend)
+test-fast: $(STAMP) lint
+	$(BIN)/pytest -q -p no:cacheprovider --durations=5 -m "not slow and not engine" $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python -m bench.job_latency

@@ -40,6 +40,18 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["PREFECT_API_URL"] = _server.api_url
 
 
+_ENGINE_FIXTURES = {"docker_client", "worker", "make_worker"}
+_ENGINE_MODULES = {"test_docker_executor.py", "test_local_run.py"}  # they drive the engine without a fixture
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that needs the Docker engine ``engine``, so that ``make test-fast`` can leave them out."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & _ENGINE_FIXTURES or item.path.name in _ENGINE_MODULES:
+            item.add_marker(pytest.mark.engine)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _server is not None:
         _server.stop()
