@@ -40,9 +40,10 @@ lint: $(STAMP)
 test: setup chromium lint
 	$(BIN)/pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
-## the fast lane: lint, then every test that needs no Docker engine and is not marked slow (unit tests, the
-## planner, the flows' logic on the in-process DummyExecutor, the backend client against the reference backend)
-test-fast: $(STAMP) lint
+## the fast lane: every test that needs no Docker engine and is not marked slow (unit tests, the planner, the
+## flows' logic on the in-process DummyExecutor, the backend client against the reference backend);
+## `make lint test-fast` for lint as well
+test-fast: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider --durations=5 -m "not slow and not engine" $(PYTEST_ARGS)
 
 bench: setup
