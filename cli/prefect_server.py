@@ -31,10 +31,16 @@ class LocalPrefectServer:
         self.ui_url = f"http://{host}:{port}"
         self.log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
+        self._ready = False
 
     def start(self, timeout: float = 180.0) -> None:
         """Start the server (or reuse one already healthy at that address) and wait for its health."""
-        if self._healthy():
+        self.launch()
+        self.wait_healthy(timeout)
+
+    def launch(self) -> None:
+        """Start the server process without waiting for it; nothing when one is already healthy there."""
+        if self._process is not None or self._healthy():
             return
         # PREFECT_UI_API_URL: without it the UI asks :4200 for its data, whatever port the server is on.
         env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true",
@@ -46,14 +52,20 @@ class LocalPrefectServer:
         self._process = subprocess.Popen(
             [str(prefect), "server", "start", "--host", self.host, "--port", str(self.port)],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def wait_healthy(self, timeout: float = 180.0) -> None:
+        """Wait until the server answers its health check; raise (and stop it) when it exits or times out."""
+        if self._ready:
+            return
         deadline = time.monotonic() + timeout
         while not self._healthy():
-            if self._process.poll() is not None:
+            if self._process is not None and self._process.poll() is not None:
                 raise RuntimeError(f"prefect server exited with {self._process.returncode} (log: {self.log_path})")
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"prefect server not healthy after {timeout:g} s (log: {self.log_path})")
-            time.sleep(0.5)
+            time.sleep(0.25)
+        self._ready = True
 
     @property
     def pid(self) -> int | None:
@@ -68,7 +80,7 @@ class LocalPrefectServer:
 
     def stop(self, grace: float = 15.0) -> None:
         """Stop the server we started (its whole process group); nothing when we reused one."""
-        process, self._process = self._process, None
+        process, self._process, self._ready = self._process, None, False
         stop_group(process, grace)
 
 

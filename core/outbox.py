@@ -215,8 +215,11 @@ class Outbox:
 
     def stop(self) -> None:
         self._stop.set()
-        with self._changed:
-            self._changed.notify_all()
+        if self._lock.acquire(timeout=5):  # bounded: stopping must not hang on a sender wedged with the lock
+            try:
+                self._changed.notify_all()
+            finally:
+                self._lock.release()
         self.sender.join(timeout=15)
 
     def _round(self) -> None:

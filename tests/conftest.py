@@ -1,7 +1,8 @@
 """Session fixtures: one real Prefect server, the reference backend over HTTP, a real worker process.
 
 The Prefect server is started in ``pytest_configure``, before any test module imports prefect, because
-Prefect reads ``PREFECT_API_URL`` when it is imported.
+Prefect reads ``PREFECT_API_URL`` when it is imported. It starts in the background (~15-20 s) while the modules
+that need no Prefect server run first; every other test waits for its health before it starts.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     ARTIFACT_DIR.mkdir(exist_ok=True)
     _server = LocalPrefectServer(port=free_port(), log_path=ARTIFACT_DIR / "prefect-server.log")
-    _server.start(timeout=240)
+    _server.launch()
     os.environ["PREFECT_API_URL"] = _server.api_url
 
 
@@ -44,12 +45,30 @@ _ENGINE_FIXTURES = {"docker_client", "worker", "make_worker"}
 _ENGINE_MODULES = {"test_docker_executor.py", "test_local_run.py"}  # they drive the engine without a fixture
 
 
+# Modules none of whose tests talk to a Prefect server (checked by running them with PREFECT_API_URL pointing at
+# a closed port): they run first, while the session's server starts.
+_PREFECT_FREE_MODULES = {"test_backend_client.py", "test_models.py", "test_backend.py", "test_planning.py",
+                         "test_output.py", "test_artifact_patterns.py", "test_tar_stream.py", "test_script.py",
+                         "test_dummy_executor.py", "test_secrets.py", "test_delivery.py"}
+
+
+def _prefect_free(item: pytest.Item) -> bool:
+    return item.path.name in _PREFECT_FREE_MODULES and not item.get_closest_marker("engine")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test that needs the Docker engine ``engine``, so that ``make test-fast`` can leave them out."""
+    """Mark every test that needs the Docker engine ``engine``, so that ``make test-fast`` can leave them out;
+    run the tests that need no Prefect server first (a stable sort keeps each group's order)."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         if fixtures & _ENGINE_FIXTURES or item.path.name in _ENGINE_MODULES:
             item.add_marker(pytest.mark.engine)
+    items.sort(key=lambda item: not _prefect_free(item))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if _server is not None and not _prefect_free(item):
+        _server.wait_healthy(timeout=240)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

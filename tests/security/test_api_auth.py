@@ -92,6 +92,7 @@ class _Serve:
         worker.stop()
 
 
+@pytest.mark.engine  # a worker says UP only with an engine
 @pytest.mark.parametrize("opt_out", [["--insecure"], ["WORKER_INSECURE=true"]], ids=["flag", "env"])
 def test_insecure_opt_out_starts_with_a_loud_warning_shown_in_health(opt_out: list[str], backend: Backend,
                                                                       tmp_path: Path) -> None:
@@ -129,6 +130,7 @@ def _calls(body: dict) -> list[tuple[str, str, dict | None, set[int]]]:
             ("POST", "/api/job/execute", body, {202})]
 
 
+@pytest.mark.engine  # token_worker: a worker process, healthy only with an engine
 def test_with_a_token_every_route_but_health_needs_it(token_worker: WorkerProcess, backend: Backend,
                                                       docker_client) -> None:
     job_id = backend.create_run([{"name": "needs-token", "script": ["echo ran"]}])["jobs"]["needs-token"]
@@ -147,6 +149,7 @@ def test_with_a_token_every_route_but_health_needs_it(token_worker: WorkerProces
     assert backend.wait_final(job_id)["status"] == "SUCCESS"
 
 
+@pytest.mark.engine
 def test_health_tells_a_stranger_only_up_or_down(token_worker: WorkerProcess) -> None:
     stranger = httpx.get(f"{token_worker.url}/api/worker/health", timeout=10)
     assert stranger.status_code == 200 and stranger.json() == {"status": "UP"}

@@ -11,6 +11,7 @@ import ctypes
 import os
 import socket
 import socketserver
+import sys
 import threading
 import time
 import uuid
@@ -208,8 +209,14 @@ def test_huge_answer_is_refused_naming_the_size(raw_server: Any) -> None:
 
 
 def _kill(thread: threading.Thread) -> None:
-    """Raise SystemExit inside ``thread`` (what an unforeseen BaseException would do to it)."""
+    """Raise SystemExit inside ``thread`` (what an unforeseen BaseException would do to it).
+
+    Only while the sender idles in its condition wait: an asynchronous exception landing between a lock's acquire
+    and its ``with`` block would leave the outbox lock held for ever, which no real exception can do.
+    """
     assert thread.ident is not None
+    ident = thread.ident
+    wait_for(lambda: sys._current_frames()[ident].f_code.co_name == "wait", 10, 0.001, "the sender idle")
     done = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(SystemExit))
     assert done == 1
 
