@@ -37,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from bench.readings import EngineEvents, cpu_seconds, session_cpu_seconds
+from bench.readings import EngineEvents, cpu_seconds, load_average, session_cpu_seconds
 from cli.prefect_server import LocalPrefectServer, stop_group
 from reference_backend.server import BackendServer
 from tests.support import FINAL as FINAL  # re-exported: the benchmarks import the test suite only through here
@@ -216,9 +216,8 @@ def _prologue() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     docker_version = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
                                     capture_output=True, text=True).stdout.strip() or "?"
-    load = Path("/proc/loadavg").read_text().split()[:3]
     print(f"python {platform.python_version()}, prefect {metadata.version('prefect')}, docker engine "
-          f"{docker_version}, {os.cpu_count()} CPUs, load average {' '.join(load)}, host {socket.gethostname()}",
+          f"{docker_version}, {os.cpu_count()} CPUs, load average {load_average()}, host {socket.gethostname()}",
           flush=True)
 
 

@@ -50,6 +50,24 @@ def fmt(value: float | None, width: int = 9, digits: int = 1) -> str:
     return f"{value:{width}.{digits}f}" if value is not None else f"{'n/a':>{width}}"
 
 
+def verdict(measure: str, value: float | None, target: float, unit: str = "", higher_is_better: bool = False) -> str:
+    """One line ``measure: value (target <= T) PASS|MISS`` (``>=`` when higher is better), printed and returned.
+
+    A missing value is a MISS: a benchmark that could not measure has not met its target.
+    """
+    sign = ">=" if higher_is_better else "<="
+    met = value is not None and (value >= target if higher_is_better else value <= target)
+    shown = "n/a" if value is None else f"{value:.2f}{unit}"
+    line = f"{measure}: {shown} (target {sign} {target:g}{unit}) {'PASS' if met else 'MISS'}"
+    print(line, flush=True)
+    return line
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as ``/proc/loadavg`` gives them."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 # -- /proc -----------------------------------------------------------------------------------------------------
 
 
