@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup docker chromium run serve test test-fast lint bench clean
+.PHONY: setup docker chromium run serve serve-pg test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ run: setup
 ## serve the worker API with a local Prefect server (UI on :4200) and print the URLs
 serve: setup
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/cicd-worker serve
+
+## the same with the local Prefect server on PostgreSQL (Debian's package, installed and started if absent): for
+## load, where the embedded SQLite answers 503 "database is locked" under concurrent jobs
+serve-pg: setup
+	url=$$(bash scripts/setup-postgres.sh prefect | tail -n 1) && \
+		PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_API_DATABASE_CONNECTION_URL="$$url" $(BIN)/cicd-worker serve
 
 ## ruff, mypy, and the layer contracts of pyproject.toml (imports point down only; no module circles)
 lint: $(STAMP)

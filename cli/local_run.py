@@ -17,17 +17,34 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from rich.console import Console
 
-from cli.pipeline_file import PipelineFile, PipelineFileError, load_pipeline_file
+from cli.console import JobOutput, printable, quiet_logging
+from cli.file_commands import dry_run, load_for_run
+from cli.pipeline_file import PipelineFile
 from cli.prefect_api import flush_outbox, prefect_api
+from cli.progress import PipelineProgress
+from cli.run_selection import Selection
+from cli.run_summary import RunOutcome, print_summary
 from core.settings import Settings
 
 if TYPE_CHECKING:  # annotations only
     from flows.services import Services
+
+
+@dataclass(frozen=True)
+class Show:
+    """What ``run`` prints besides the jobs' output and the summary: Prefect's and the worker's INFO logging
+    (``verbose``), the seconds since each job's start before each of its lines (``timestamps``)."""
+
+    verbose: bool = False
+    timestamps: bool = False
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -46,36 +63,17 @@ def inside(root: Path, *parts: str) -> Path:
     return path
 
 
-def check(path: Path) -> int:
-    """Validate only; print every problem. Exit 2 when the file is invalid."""
-    try:
-        pipeline = load_pipeline_file(path)
-    except PipelineFileError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_INVALID
-    print(f"{path}: OK: pipeline {pipeline.name!r}, {len(pipeline.stages)} stages, {len(pipeline.jobs)} jobs")
-    return EXIT_OK
-
-
-def dry_run(pipeline: PipelineFile) -> int:
-    """Print the plan: the order in which jobs can start, level by level. Nothing runs."""
-    stage_of = {job.name: job.stage for job in pipeline.jobs}
-    print(f"pipeline {pipeline.name!r}: {len(pipeline.jobs)} jobs")
-    for number, level in enumerate(pipeline.plan_levels(), start=1):
-        print(f"level {number}: " + ", ".join(f"{name} ({stage_of[name]})" for name in level))
-    return EXIT_OK
-
-
-def run(path: Path, settings: Settings, *, dry: bool = False, runs_dir: Path = Path(".cicd/runs")) -> int:
+def run(path: Path, settings: Settings, *, dry: bool = False, runs_dir: Path = Path(".cicd/runs"),
+        show: Show | None = None, selection: Selection | None = None) -> int:
     """Validate, then run the pipeline file (or print its plan); exit 0 only if it succeeded.
 
     ``settings`` are the command's; the run's state (outbox, job records) goes under ``runs_dir/../state``
-    unless ``WORKER_STATE_DIR`` is set, and the backend is the in-process reference backend.
+    unless ``WORKER_STATE_DIR`` is set, and the backend is the in-process reference backend. ``show``: what
+    to print besides the jobs' output and the summary. ``selection``: the jobs to run and the variables
+    (:mod:`cli.run_selection`).
     """
-    try:
-        pipeline = load_pipeline_file(path)
-    except PipelineFileError as exc:
-        print(exc, file=sys.stderr)
+    pipeline = load_for_run(path, selection or Selection())
+    if pipeline is None:
         return EXIT_INVALID
     if dry:
         return dry_run(pipeline)
@@ -91,7 +89,7 @@ def run(path: Path, settings: Settings, *, dry: bool = False, runs_dir: Path = P
         run_dir = inside(runs_dir, f"{_slug(pipeline.name)}-{time.strftime('%Y%m%d-%H%M%S')}")
         run_dir.mkdir(exist_ok=True)
         with prefect_api(settings.state_dir, keep_server=True) as api_url:
-            return _run_with_backend(pipeline, run_dir, api_url, settings)
+            return _run_with_backend(pipeline, run_dir, api_url, settings, show or Show())
     except UnsafePath as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -108,37 +106,68 @@ def _seed_problem(pipeline: PipelineFile, settings: Settings) -> str | None:
     return None
 
 
-def _run_with_backend(pipeline: PipelineFile, run_dir: Path, api_url: str, settings: Settings) -> int:
+def _run_with_backend(pipeline: PipelineFile, run_dir: Path, api_url: str, settings: Settings, show: Show) -> int:
     from flows.services import build_services, install
     from reference_backend.server import BackendServer
 
+    started = time.monotonic()
+    quiet_logging(show.verbose)
+    screen = Console(highlight=False) if sys.stdout.isatty() else None
+    output = JobOutput([job.name for job in pipeline.jobs], _log_paths(inside(run_dir, "logs")), screen,
+                       timestamps=show.timestamps)
     with BackendServer(inside(run_dir, "backend")) as backend:
         # This command's services: the settings read once, with the in-process backend's address.
-        services = install(build_services(settings.model_copy(update={"backend_url": backend.api_url})))
+        services = build_services(settings.model_copy(update={"backend_url": backend.api_url}))
+        services.line_listener = output.listener
+        install(services)
         created = httpx.post(f"{backend.url}/admin/pipeline-runs", timeout=30, json={
-            "name": pipeline.name, "local": True, "jobs": [job.to_admin() for job in pipeline.jobs]})
+            "name": pipeline.name, "local": True, "commitHash": pipeline.commit_sha,
+            "jobs": [job.to_admin() for job in pipeline.jobs]})
         created.raise_for_status()
         pipeline_id = created.json()["pipelineExecutionId"]
-        state = _execute(pipeline, pipeline_id, run_dir, services)
+        progress = _progress(pipeline, pipeline_id, services, output)
+        state = _execute(pipeline, pipeline_id, run_dir, progress, output)
         flush_outbox(services)
         services.close()
+        output.close()
         saved = _save_artifacts(backend.data_dir, created.json()["jobs"], inside(run_dir, "artifacts"))
-    _summary(pipeline, pipeline_id, state, api_url, run_dir, saved, services)
+    ui_link = f"{api_url.removesuffix('/api')}/runs/flow-run/{state.state_details.flow_run_id}"
+    print_summary(pipeline, progress, output, RunOutcome(state.is_completed(), str(state.message),
+                                                         time.monotonic() - started, run_dir, ui_link, saved), screen)
     return EXIT_OK if state.is_completed() else EXIT_FAILED
 
 
-def _execute(pipeline: PipelineFile, pipeline_id: str, run_dir: Path, services: Services) -> Any:
-    from cli.progress import PipelineProgress
+def _progress(pipeline: PipelineFile, pipeline_id: str, services: Services, output: JobOutput) -> PipelineProgress:
+    return PipelineProgress(services.registry, pipeline_id, {job.name: job.stage for job in pipeline.jobs},
+                            order=[job.name for job in pipeline.jobs], console=output.console, emit=output.emit,
+                            compact=True)
+
+
+def _execute(pipeline: PipelineFile, pipeline_id: str, run_dir: Path, progress: PipelineProgress,
+             output: JobOutput) -> Any:
     from flows.pipeline_flow import PipelineStart, execute_pipeline, hand_over_pipeline
 
-    _quiet_prefect_console()
-    stages = {job.name: job.stage for job in pipeline.jobs}
-    print(f"running pipeline {pipeline.name!r} ({len(pipeline.jobs)} jobs); output in {run_dir}", flush=True)
-    with PipelineProgress(services.registry, pipeline_id, stages):
+    output.emit(f"running pipeline {printable(pipeline.name)!r} ({len(pipeline.jobs)} jobs); output in {run_dir}")
+    with progress:
         named = execute_pipeline.with_options(flow_run_name=f"{pipeline.name} [{pipeline_id[:8]}]")
         # The seed is a host path: handed to the flow in this process, never a flow-run parameter.
         hand_over_pipeline(pipeline_id, PipelineStart(seed_directory=pipeline.path.resolve().parent))
         return named(pipeline_id, return_state=True)
+
+
+def _log_paths(logs_dir: Path) -> Callable[[str], Path]:
+    """``logs/<job>.log`` for each job name, slugged (a second name with the same slug gets ``-2``, ...)."""
+    taken: dict[str, str] = {}
+
+    def path(name: str) -> Path:
+        if name not in taken:
+            slug, number = _slug(name), 1
+            while (slug if number == 1 else f"{slug}-{number}") in taken.values():
+                number += 1
+            taken[name] = slug if number == 1 else f"{slug}-{number}"
+        return inside(logs_dir, f"{taken[name]}.log")
+
+    return path
 
 
 def _save_artifacts(data_dir: Path, jobs: dict[str, str], target: Path) -> int:
@@ -160,35 +189,6 @@ def _save_artifacts(data_dir: Path, jobs: dict[str, str], target: Path) -> int:
             shutil.copy2(path, destination)
             count += 1
     return count
-
-
-def _summary(pipeline: PipelineFile, pipeline_id: str, state: Any, api_url: str, run_dir: Path, saved: int,
-             services: Services) -> None:
-    from rich.console import Console
-
-    from cli.progress import PipelineProgress
-
-    progress = PipelineProgress(services.registry, pipeline_id, {job.name: job.stage for job in pipeline.jobs})
-    verdict = "SUCCEEDED" if state.is_completed() else "FAILED"
-    if sys.stdout.isatty():
-        Console().print(progress.table(title=f"pipeline {pipeline.name}: {verdict}"))
-    else:
-        for record in sorted(progress.records(), key=lambda r: r.name):
-            print("final " + progress.line(record))
-    flow_run_id = state.state_details.flow_run_id
-    print(f"pipeline {pipeline.name}: {verdict} ({state.message})")
-    print(f"Prefect UI: {api_url.removesuffix('/api')}/runs/flow-run/{flow_run_id}")
-    print(f"artifacts: {saved} file(s) in {run_dir / 'artifacts'}")
-
-
-def _quiet_prefect_console() -> None:
-    """Keep Prefect's console lines from tearing the live table; its API logs (the UI) are unaffected."""
-    import logging
-
-    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
-        for handler in logging.getLogger(name).handlers:
-            if "Console" in type(handler).__name__:
-                handler.setLevel(logging.WARNING)
 
 
 def _slug(text: str) -> str:

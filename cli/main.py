@@ -6,8 +6,10 @@ Prefect is imported only after ``PREFECT_API_URL`` is settled, because its setti
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -93,8 +95,22 @@ def execute_pipeline(settings: Settings, pipeline_execution_id: str) -> int:
         return 0 if state.is_completed() else 1
 
 
+def pool_worker(settings: Settings, pool: str | None, limit: int, name: str | None) -> int:
+    """A long-lived pool worker on this host (``PREFECT_API_URL`` must name the shared Prefect server)."""
+    if not os.environ.get("PREFECT_API_URL"):
+        print("cicd-worker pool-worker: PREFECT_API_URL is not set: point it at the Prefect server of the pool",
+              file=sys.stderr)
+        return 2
+    # The pool tasks' own runs belong to no flow run: their few log lines stay in this process's log.
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+    from flows import pool_tasks
+
+    return pool_tasks.serve(settings, pool or settings.work_pool, limit, name or socket.gethostname())
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cicd-worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"cicd-worker {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser("serve", help="serve the worker API (starts a local Prefect server if needed)")
     serve_cmd.add_argument("--host", help="listen address (default WORKER_HOST or 127.0.0.1); beyond loopback "
@@ -109,12 +125,54 @@ def _parser() -> argparse.ArgumentParser:
     pipeline_cmd.add_argument("pipeline_execution_id")
     run_cmd = commands.add_parser("run", help="run a pipeline file on this machine (exit 0 only if it succeeded)")
     run_cmd.add_argument("file", type=Path)
+    run_cmd.add_argument("jobs", nargs="*", metavar="JOB",
+                         help="run only these jobs (manual ones included); default: every job but the manual ones")
+    run_cmd.add_argument("--needs", action="store_true", help="with JOBs: also every job they wait for, transitively")
+    run_cmd.add_argument("--var", action="append", default=[], metavar="KEY=VALUE",
+                         help="set a variable in every job, over the file's (repeatable)")
+    run_cmd.add_argument("--env-file", type=Path, metavar="PATH",
+                         help="variables from a dotenv file (KEY=VALUE lines), over the file's; --var wins")
+    run_cmd.add_argument("--concurrency", type=int, metavar="N",
+                         help="at most N jobs at once (default WORKER_MAX_CONCURRENT_JOBS)")
     run_cmd.add_argument("--dry-run", action="store_true", help="print the plan, level by level; run nothing")
+    run_cmd.add_argument("--verbose", action="store_true", help="also print Prefect's and the worker's INFO logging")
+    run_cmd.add_argument("--timestamps", action="store_true",
+                         help="print the seconds since the job's start before each line of its output")
     check_cmd = commands.add_parser("check", help="validate a pipeline file (exit 2 when invalid)")
-    check_cmd.add_argument("file", type=Path)
-    commands.add_parser("deploy", help="create the work pool, the global limit and the deployments (pool mode)",
+    check_cmd.add_argument("file", type=Path, help="the pipeline file; - reads standard input")
+    list_cmd = commands.add_parser("list", help="list the jobs of a pipeline file (exit 2 when invalid)")
+    list_cmd.add_argument("file", type=Path, help="the pipeline file; - reads standard input")
+    list_cmd.add_argument("--json", action="store_true", help="as a JSON list")
+    commands.add_parser("deploy", help="create the global container limit on the Prefect server (pool mode)",
                         add_help=False)
+    pool_cmd = commands.add_parser("pool-worker", help="run pool mode's jobs and pipelines on this host (long-lived)")
+    pool_cmd.add_argument("--pool", help="pool to serve (default WORKER_WORK_POOL, as on the API host)")
+    pool_cmd.add_argument("--limit", type=int, default=4,
+                          help="flow runs at once in this process, waiting ones included (default 4); containers "
+                               "across all hosts are capped by the global limit")
+    pool_cmd.add_argument("--name", help="this worker's name on its containers' labels (default: the host name)")
     return parser
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from cli import local_run
+    from cli.run_selection import Selection
+
+    if args.concurrency is not None:
+        if args.concurrency < 1:
+            print("cicd-worker run: --concurrency must be at least 1", file=sys.stderr)
+            return 2
+        settings = settings.model_copy(update={"max_concurrent_jobs": args.concurrency})
+    selection = Selection(jobs=tuple(args.jobs), needs=args.needs, variables=tuple(args.var), env_file=args.env_file)
+    return local_run.run(args.file, settings, dry=args.dry_run, selection=selection,
+                         show=local_run.Show(verbose=args.verbose, timestamps=args.timestamps))
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("cicd-worker")
+    except importlib.metadata.PackageNotFoundError:  # run from a tree that was never installed
+        return "unknown"
 
 
 def read_settings() -> tuple[Settings | None, str | None]:
@@ -134,6 +192,8 @@ def read_settings() -> tuple[Settings | None, str | None]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--version"]:  # answered whatever the settings
+        _parser().parse_args(argv)
     settings, problem = read_settings()
     if settings is None:
         print(problem, file=sys.stderr)
@@ -151,12 +211,15 @@ def main(argv: list[str] | None = None) -> int:
         return execute_job(settings, args.job_execution_id)
     if args.command == "execute-pipeline":
         return execute_pipeline(settings, args.pipeline_execution_id)
-    if args.command in ("run", "check"):
-        from cli import local_run
+    if args.command == "pool-worker":
+        return pool_worker(settings, args.pool, args.limit, args.name)
+    if args.command in ("check", "list"):
+        from cli import file_commands  # no Prefect: these commands stay fast
 
-        if args.command == "check":
-            return local_run.check(args.file)
-        return local_run.run(args.file, settings, dry=args.dry_run)
+        return file_commands.check(args.file) if args.command == "check" else \
+            file_commands.list_jobs(args.file, args.json)
+    if args.command == "run":
+        return _run(settings, args)
     return 2
 
 

@@ -1,24 +1,10 @@
 """Pipeline files (``cicd-worker run PIPELINE.yaml``): parse, validate, report every error with its line.
 
-Format, as CI/CD users of this system write it::
-
-    name: demo
-    stages:                       # ordered
-      - name: build
-        jobs:
-          - name: compile
-            image: cicd-busybox:latest
-            script: ["echo hi"]
-            needs: [other-job]    # optional; without it a job waits for every job of earlier stages
-            allow_failure: false
-            artifacts: ["dist/*"]
-            working_dir: src
-            env: {KEY: value}
-            timeout: 600          # seconds
-            retries: 1
-
-Validation never stops at the first problem: every error is collected with the file, line and key
-(``pipeline.yaml:12: stages[0].jobs[1].image: missing``) before anything runs.
+The format is described key by key in the README ("Pipeline files"). Reading the YAML safely (size, depth,
+tags, encoding, ``<<`` merge keys) is :mod:`cli.pipeline_yaml`; the keys are checked here, the graph by
+:mod:`cli.pipeline_graph`. Validation never stops at the first problem: every problem is collected with its
+line, at the key at fault (``pipeline.yaml:12: stages[0].jobs[1].imgae: unknown key (did you mean
+'image'?)``), before anything runs.
 """
 
 from __future__ import annotations
@@ -31,20 +17,26 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from cli.pipeline_checker import Checker
+from cli.pipeline_graph import check_graph
+from cli.pipeline_yaml import FileUnreadable, Problems, compose, read_text
 from core.models import JobDTO
-from flows.planning import JobNode, PlanningError, build_graph, levels
 
-_TOP_KEYS = {"name", "stages"}
+WHEN_VALUES = ("on_success", "on_failure", "always", "manual")
+_TOP_KEYS = {"name", "stages", "variables", "env", "defaults"}
 _STAGE_KEYS = {"name", "jobs"}
-_CONTROL_CATEGORIES = {"Cc", "Cs", "Zl", "Zp"}  # control characters (newlines too), separators, surrogates
+_DEFAULT_KEYS = {"image", "before_script", "after_script", "variables", "env", "timeout", "retries"}
+_JOB_KEYS = {"name", "image", "script", "before_script", "after_script", "needs", "allow_failure", "artifacts",
+             "working_dir", "variables", "env", "timeout", "retries", "when"}
+_CONTROL_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}  # control and format characters, line breaks, surrogates
 _MAX_NAME_BYTES = 200  # a folder name: most file systems stop at 255 bytes
-_JOB_KEYS = {"name", "image", "script", "needs", "allow_failure", "artifacts", "working_dir", "env", "timeout",
-             "retries"}
+_DTO_FIELD_KEYS = {"docker_image": "image", "script": "script", "before_script": "before_script",
+                   "after_script": "after_script", "env": "variables", "artifacts": "artifacts", "name": "name"}
 
 
 @dataclass
 class FileJob:
-    """One job of a pipeline file, validated."""
+    """One job of a pipeline file, validated, its ``defaults`` applied."""
 
     name: str
     stage: str
@@ -55,17 +47,30 @@ class FileJob:
     allow_failure: bool = False
     artifacts: list[str] = field(default_factory=list)
     working_dir: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
+    variables: dict[str, str] = field(default_factory=dict)
+    """The job's own variables over ``defaults.variables`` (the file's top-level ones are separate)."""
     timeout: int | None = None
     retries: int | None = None
+    before_script: list[str] = field(default_factory=list)
+    after_script: list[str] = field(default_factory=list)
+    when: str = "on_success"
     line: int = 0
+    need_lines: list[int] = field(default_factory=list)
 
-    def to_admin(self) -> dict[str, Any]:
-        """The job as the reference backend's ``POST /admin/pipeline-runs`` takes it."""
+    @property
+    def env(self) -> dict[str, str]:
+        """The job's variables (``env`` is the older name of ``variables``)."""
+        return self.variables
+
+    def to_admin(self, variables: dict[str, str] | None = None) -> dict[str, Any]:
+        """The job as the reference backend's ``POST /admin/pipeline-runs`` takes it, with ``variables`` (the
+        run's, already merged with the job's) as its env."""
+        env = self.variables if variables is None else variables
         return {"name": self.name, "dockerImage": self.image, "script": self.script, "stageOrder": self.stage_order,
                 "needs": self.needs, "allowFailure": self.allow_failure, "artifacts": self.artifacts,
-                "workingDir": self.working_dir, "env": self.env or None, "timeoutSeconds": self.timeout,
-                "retries": self.retries}
+                "workingDir": self.working_dir, "env": env or None, "timeoutSeconds": self.timeout,
+                "retries": self.retries, "beforeScript": self.before_script or None,
+                "afterScript": self.after_script or None, "when": self.when}
 
 
 @dataclass
@@ -76,218 +81,181 @@ class PipelineFile:
     name: str
     stages: list[str]
     jobs: list[FileJob]
+    variables: dict[str, str] = field(default_factory=dict)
+    """The file's top-level ``variables``."""
+    commit_sha: str | None = None
+    """``HEAD`` of the git checkout the file is in (set for a run)."""
 
-    def plan_levels(self) -> list[list[str]]:
-        """Job names level by level: the order in which jobs can start (for ``--dry-run``)."""
-        graph = build_graph(_nodes(self.jobs))
-        return levels(graph)
+    def job_variables(self, job: FileJob) -> dict[str, str]:
+        """The variables of ``job``: the top-level ones under its own (and its defaults')."""
+        return {**self.variables, **job.variables}
 
 
 class PipelineFileError(ValueError):
-    """Every problem found in a pipeline file, one ``file:line: key: message`` per line."""
+    """Every problem found in a pipeline file, one ``file:line: key: message`` per line (sorted, capped)."""
 
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
 
 
-def _nodes(jobs: list[FileJob]) -> list[JobNode]:
-    return [JobNode(id=job.name, name=job.name, dependencies=tuple(job.needs), stage_order=job.stage_order)
-            for job in jobs]
-
-
-class _Checker:
-    """Walks the YAML node tree (which keeps line numbers) and collects problems."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.problems: list[str] = []
-
-    def error(self, node: yaml.Node | None, key: str, message: str) -> None:
-        line = node.start_mark.line + 1 if node is not None else 1
-        self.problems.append(f"{self.path}:{line}: {key}: {message}")
-
-    def mapping(self, node: yaml.Node, key: str, allowed: set[str]) -> dict[str, yaml.Node] | None:
-        if not isinstance(node, yaml.MappingNode):
-            self.error(node, key, "must be a mapping")
-            return None
-        found: dict[str, yaml.Node] = {}
-        for key_node, value_node in node.value:
-            name = str(key_node.value)
-            if name not in allowed:
-                self.error(key_node, f"{key}.{name}" if key else name,
-                           f"unknown key (allowed: {', '.join(sorted(allowed))})")
-            elif name in found:
-                self.error(key_node, f"{key}.{name}" if key else name, "given twice")
-            else:
-                found[name] = value_node
-        return found
-
-    def string(self, fields: dict[str, yaml.Node], name: str, key: str, parent: yaml.Node,
-               required: bool = True) -> str | None:
-        node = fields.get(name)
-        if node is None:
-            if required:
-                self.error(parent, f"{key}.{name}" if key else name, "missing")
-            return None
-        if not isinstance(node, yaml.ScalarNode) or not str(node.value).strip():
-            self.error(node, f"{key}.{name}" if key else name, "must be a non-empty string")
-            return None
-        return str(node.value)
-
-    def strings(self, fields: dict[str, yaml.Node], name: str, key: str) -> list[str]:
-        node = fields.get(name)
-        if node is None:
-            return []
-        if isinstance(node, yaml.ScalarNode) and name == "script":
-            return [str(node.value)]
-        if not isinstance(node, yaml.SequenceNode):
-            self.error(node, f"{key}.{name}", "must be a list of strings")
-            return []
-        for index, item in enumerate(node.value):
-            if not isinstance(item, yaml.ScalarNode):
-                self.error(item, f"{key}.{name}[{index}]", "must be a string (quote a line that contains ': ' "
-                                                          "or starts with '{', '[' or '-')")
-        return [str(item.value) for item in node.value if isinstance(item, yaml.ScalarNode)]
-
-    def integer(self, fields: dict[str, yaml.Node], name: str, key: str, low: int, high: int) -> int | None:
-        node = fields.get(name)
-        if node is None:
-            return None
-        value = yaml.safe_load(yaml.serialize(node)) if isinstance(node, yaml.ScalarNode) else None
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            self.error(node, f"{key}.{name}", f"must be a whole number from {low} to {high}")
-            return None
-        return value
-
-    def boolean(self, fields: dict[str, yaml.Node], name: str, key: str) -> bool:
-        node = fields.get(name)
-        if node is None:
-            return False
-        value = yaml.safe_load(yaml.serialize(node)) if isinstance(node, yaml.ScalarNode) else None
-        if not isinstance(value, bool):
-            self.error(node, f"{key}.{name}", "must be true or false")
-            return False
-        return value
-
-    def env(self, fields: dict[str, yaml.Node], key: str) -> dict[str, str]:
-        node = fields.get("env")
-        if node is None:
-            return {}
-        if not isinstance(node, yaml.MappingNode) or not all(
-                isinstance(k, yaml.ScalarNode) and isinstance(v, yaml.ScalarNode) for k, v in node.value):
-            self.error(node, f"{key}.env", "must map names to plain values")
-            return {}
-        return {str(k.value): str(v.value) for k, v in node.value}
-
-
-def job_name_problem(name: str) -> str | None:
-    """Why ``name`` cannot be a job name, or None. A local run writes each job's artifacts to a folder named
-    after the job (``artifacts/<job>/``), so a name must be one harmless path component."""
+def name_problem(name: str, what: str = "job name") -> str | None:
+    """Why ``name`` cannot be a job (or stage) name, or None. A local run writes each job's artifacts to a folder
+    named after the job (``artifacts/<job>/``), and names are printed at the start of output lines, so a name
+    must be one harmless path component without control characters."""
     if "/" in name or "\\" in name or ".." in name or name == ".":
-        return f"invalid job name {name!r}: no '/', '\\', '..' (a job name is a folder name of a local run)"
+        return f"invalid {what} {name!r}: no '/', '\\', '..' (a job name is a folder name of a local run)"
     if any(unicodedata.category(char) in _CONTROL_CATEGORIES for char in name):
-        return f"invalid job name {name!r}: no control characters or line breaks"
+        return f"invalid {what} {name!r}: no control characters or line breaks"
     if len(name.encode()) > _MAX_NAME_BYTES:
-        return f"invalid job name: longer than {_MAX_NAME_BYTES} bytes"
+        return f"invalid {what}: longer than {_MAX_NAME_BYTES} bytes"
     return None
 
 
-def _check_job(checker: _Checker, node: yaml.Node, key: str, stage: str, order: int) -> FileJob | None:
+def job_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a job name, or None (see :func:`name_problem`)."""
+    return name_problem(name)
+
+
+@dataclass
+class _Defaults:
+    image: str | None = None
+    before_script: list[str] = field(default_factory=list)
+    after_script: list[str] = field(default_factory=list)
+    variables: dict[str, str] = field(default_factory=dict)
+    timeout: int | None = None
+    retries: int | None = None
+
+
+def _check_defaults(checker: Checker, top: dict[str, yaml.Node]) -> _Defaults:
+    node = top.get("defaults")
+    if node is None:
+        return _Defaults()
+    fields = checker.mapping(node, "defaults", _DEFAULT_KEYS)
+    if fields is None:
+        return _Defaults()
+    return _Defaults(
+        image=checker.string(fields, "image", "defaults", node, required=False),
+        before_script=checker.strings(fields, "before_script", "defaults"),
+        after_script=checker.strings(fields, "after_script", "defaults"),
+        variables=checker.variables(fields, "defaults"),
+        timeout=checker.integer(fields, "timeout", "defaults", 1, 7 * 24 * 3600),
+        retries=checker.integer(fields, "retries", "defaults", 0, 20))
+
+
+def _check_script(checker: Checker, fields: dict[str, yaml.Node], key: str, node: yaml.Node) -> list[str]:
+    if "script" not in fields:
+        checker.problems.at(node, f"{key}.script", "missing")
+        return []
+    script = checker.strings(fields, "script", key)
+    if not any(line.strip() for line in script) and not isinstance(fields["script"], yaml.MappingNode):
+        checker.problems.at(fields["script"], f"{key}.script", "must hold at least one command")
+    return script
+
+
+def _check_job(checker: Checker, node: yaml.Node, key: str, stage: str, order: int,
+               defaults: _Defaults) -> FileJob | None:
     fields = checker.mapping(node, key, _JOB_KEYS)
     if fields is None:
         return None
     name = checker.string(fields, "name", key, node)
-    if name is not None and (problem := job_name_problem(name)):
-        checker.error(fields["name"], f"{key}.name", problem)
-    image = checker.string(fields, "image", key, node)
-    if image is not None:
-        try:
-            JobDTO(name="x", docker_image=image)
-        except ValidationError:
-            checker.error(fields["image"], f"{key}.image", f"not a valid image reference: {image!r}")
-            image = None
-    if "script" not in fields:
-        checker.error(node, f"{key}.script", "missing")
+    if name is not None and (problem := name_problem(name)):
+        checker.problems.at(fields["name"], f"{key}.name", problem)
+    image = checker.string(fields, "image", key, node, required=defaults.image is None) or defaults.image
+    needs, need_lines = checker.strings_with_lines(fields, "needs", key)
     job = FileJob(
         name=name or "", stage=stage, stage_order=order, image=image or "",
-        script=checker.strings(fields, "script", key), needs=checker.strings(fields, "needs", key),
+        script=_check_script(checker, fields, key, node), needs=needs, need_lines=need_lines,
         allow_failure=checker.boolean(fields, "allow_failure", key),
         artifacts=checker.strings(fields, "artifacts", key),
         working_dir=checker.string(fields, "working_dir", key, node, required=False),
-        env=checker.env(fields, key), timeout=checker.integer(fields, "timeout", key, 1, 7 * 24 * 3600),
-        retries=checker.integer(fields, "retries", key, 0, 20), line=node.start_mark.line + 1)
+        variables={**defaults.variables, **checker.variables(fields, key)},
+        timeout=checker.integer(fields, "timeout", key, 1, 7 * 24 * 3600) or defaults.timeout,
+        retries=_first(checker.integer(fields, "retries", key, 0, 20), defaults.retries),
+        before_script=checker.strings(fields, "before_script", key) if "before_script" in fields
+        else defaults.before_script,
+        after_script=checker.strings(fields, "after_script", key) if "after_script" in fields
+        else defaults.after_script,
+        when=checker.choice(fields, "when", key, WHEN_VALUES) or "on_success",
+        line=fields.get("name", node).start_mark.line + 1)
+    _check_dto(checker, job, fields, key, node)
     return job if name else None  # kept even when other keys are wrong, so that graph errors show too
 
 
-def _check_stages(checker: _Checker, top: dict[str, yaml.Node], root: yaml.Node) -> tuple[list[str], list[FileJob]]:
+def _first(value: int | None, default: int | None) -> int | None:
+    return value if value is not None else default
+
+
+def _check_dto(checker: Checker, job: FileJob, fields: dict[str, yaml.Node], key: str, node: yaml.Node) -> None:
+    """What the wire model would refuse (image reference, sizes, NUL characters), at the key's line."""
+    if not job.image or not job.name:
+        return
+    try:
+        JobDTO(name=job.name, docker_image=job.image, script=job.script, before_script=job.before_script,
+               after_script=job.after_script, env=job.variables, artifacts=job.artifacts)
+    except ValidationError as exc:
+        for error in exc.errors():
+            field_name = str(error["loc"][0]) if error["loc"] else ""
+            if field_name == "name":  # name_problem said it already, at the name's line
+                continue
+            yaml_key = _DTO_FIELD_KEYS.get(field_name, field_name)
+            where = fields.get(yaml_key) or fields.get("env") or node
+            message = str(error["msg"]).removeprefix("Value error, ")
+            checker.problems.at(where, f"{key}.{yaml_key}", message)
+
+
+def _check_stages(checker: Checker, top: dict[str, yaml.Node], root: yaml.Node,
+                  defaults: _Defaults) -> tuple[list[str], list[FileJob]]:
     node = top.get("stages")
     if node is None:
-        checker.error(root, "stages", "missing")
+        checker.problems.at(root, "stages", "missing")
         return [], []
     if not isinstance(node, yaml.SequenceNode) or not node.value:
-        checker.error(node, "stages", "must be a non-empty list of stages")
+        checker.problems.at(node, "stages", "must be a non-empty list of stages")
         return [], []
-    stages, jobs = [], []
+    stages: list[str] = []
+    jobs: list[FileJob] = []
     for index, stage_node in enumerate(node.value):
         key = f"stages[{index}]"
         fields = checker.mapping(stage_node, key, _STAGE_KEYS)
         if fields is None:
             continue
         stage = checker.string(fields, "name", key, stage_node) or f"stage-{index}"
+        if "name" in fields and (problem := name_problem(stage, "stage name")):
+            checker.problems.at(fields["name"], f"{key}.name", problem)
+        elif stage in stages:
+            checker.problems.at(fields.get("name"), f"{key}.name",
+                                f"stage name {stage!r} used twice (first as stages[{stages.index(stage)}])")
         stages.append(stage)
         jobs_node = fields.get("jobs")
         if not isinstance(jobs_node, yaml.SequenceNode) or not jobs_node.value:
-            checker.error(jobs_node or stage_node, f"{key}.jobs", "must be a non-empty list of jobs")
+            checker.problems.at(jobs_node or stage_node, f"{key}.jobs", "must be a non-empty list of jobs")
             continue
         for job_index, job_node in enumerate(jobs_node.value):
-            job = _check_job(checker, job_node, f"{key}.jobs[{job_index}]", stage, index)
+            job = _check_job(checker, job_node, f"{key}.jobs[{job_index}]", stage, index, defaults)
             if job is not None:
                 jobs.append(job)
     return stages, jobs
 
 
-def _check_graph(checker: _Checker, jobs: list[FileJob]) -> None:
-    """Duplicate names, unknown or self ``needs``, cycles — named by job, at the job's line."""
-    by_name: dict[str, FileJob] = {}
-    for job in jobs:
-        if job.name in by_name:
-            checker.problems.append(f"{checker.path}:{job.line}: {job.name}: job name used twice "
-                                    f"(first at line {by_name[job.name].line})")
-        by_name.setdefault(job.name, job)
-    for job in jobs:
-        for need in job.needs:
-            if need == job.name:
-                checker.problems.append(f"{checker.path}:{job.line}: {job.name}.needs: a job cannot need itself")
-            elif need not in by_name:
-                checker.problems.append(f"{checker.path}:{job.line}: {job.name}.needs: unknown job {need!r}")
-    # Cycles are looked for among what is left, so that they show together with the errors above.
-    known = [FileJob(**{**vars(job), "needs": [n for n in job.needs if n in by_name and n != job.name]})
-             for job in by_name.values()]
-    try:
-        build_graph(_nodes(known))
-    except PlanningError as exc:
-        line = by_name[exc.jobs[0]].line if exc.jobs and exc.jobs[0] in by_name else 1
-        checker.problems.extend(f"{checker.path}:{line}: needs: {problem}" for problem in exc.problems)
-
-
 def load_pipeline_file(path: Path) -> PipelineFile:
-    """Parse and validate; raises :class:`PipelineFileError` listing every problem found."""
+    """Parse and validate (``-``: standard input); raises :class:`PipelineFileError` listing every problem."""
+    problems = Problems(path)
     try:
-        root = yaml.compose(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PipelineFileError([f"{path}: cannot read: {exc.strerror}"]) from exc
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise PipelineFileError([f"{where}: YAML syntax error: {exc.problem or exc}"]) from exc
-    checker = _Checker(path)
+        root = compose(read_text(path, problems), problems)
+    except FileUnreadable as exc:
+        raise PipelineFileError(exc.problems.lines()) from None
     if root is None:
-        raise PipelineFileError([f"{path}:1: the file is empty"])
-    top = checker.mapping(root, "", _TOP_KEYS) or {}
+        problems.add(1, "", "the file is empty")
+        raise PipelineFileError(problems.lines())
+    checker = Checker(problems)
+    top = checker.mapping(root, "", _TOP_KEYS, ignore_prefix="x-") or {}
     name = checker.string(top, "name", "", root) or path.stem
-    stages, jobs = _check_stages(checker, top, root)
-    _check_graph(checker, jobs)
-    if checker.problems:
-        raise PipelineFileError(checker.problems)
-    return PipelineFile(path=path, name=name, stages=stages, jobs=jobs)
+    if "name" in top and (problem := name_problem(name, "pipeline name")):
+        problems.at(top["name"], "name", problem)
+    variables = checker.variables(top, "")
+    stages, jobs = _check_stages(checker, top, root, _check_defaults(checker, top))
+    check_graph(problems, jobs)
+    if problems.found:
+        raise PipelineFileError(problems.lines())
+    return PipelineFile(path=path, name=name, stages=stages, jobs=jobs, variables=variables)

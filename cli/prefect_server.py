@@ -23,10 +23,17 @@ class LocalPrefectServer:
     """A ``prefect server start`` child process on loopback."""
 
     def __init__(self, port: int = 4200, host: str = "127.0.0.1", log_path: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
-        """``env`` is added to the server's environment (e.g. ``PREFECT_SERVER_API_AUTH_STRING``)."""
+                 env: dict[str, str] | None = None, database_url: str | None = None) -> None:
+        """``env`` is added to the server's environment (e.g. ``PREFECT_SERVER_API_AUTH_STRING``).
+
+        ``database_url``: the server's database as a SQLAlchemy URL, e.g. PostgreSQL's
+        ``postgresql+asyncpg://cicd:cicd@127.0.0.1:5432/prefect`` (``scripts/setup-postgres.sh`` prints it);
+        None keeps Prefect's embedded SQLite file, whose writes are serialised (503 "database is locked"
+        under concurrent jobs).
+        """
         self.host, self.port = host, port
-        self.extra_env = env or {}
+        self.extra_env = {**(env or {}),
+                          **({"PREFECT_API_DATABASE_CONNECTION_URL": database_url} if database_url else {})}
         self.api_url = f"http://{host}:{port}/api"
         self.ui_url = f"http://{host}:{port}"
         self.log_path = log_path

@@ -98,10 +98,15 @@ class JobDTO(WireModel):
     timeout_seconds: int | None = Field(default=None, ge=1)
     retries: int | None = Field(default=None, ge=0, le=20)
     artifacts_when: Literal["success", "always"] | None = None
+    # Extensions (pipeline files): lines run before the script in its shell, lines run after it whatever its
+    # outcome (their failure changes nothing), and when the job runs relative to the jobs upstream of it.
+    before_script: list[str] = Field(default_factory=list)
+    after_script: list[str] = Field(default_factory=list)
+    when: Literal["on_success", "on_failure", "always", "manual"] | None = None
     created_at: Timestamp | None = None
     updated_at: Timestamp | None = None
 
-    @field_validator("script")
+    @field_validator("script", "before_script", "after_script")
     @classmethod
     def _script_size(cls, value: list[str]) -> list[str]:
         # Bounded so that one request cannot make the worker build and ship an arbitrarily large program.

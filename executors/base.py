@@ -55,6 +55,8 @@ class JobSpec:
     image: str
     script: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict, repr=False)  # secrets: never in a logged repr
+    after_script: tuple[str, ...] = ()
+    """Run after ``script`` whatever its outcome, in the same container; its failure changes nothing."""
     working_dir: str = "/workspace"
     timeout_seconds: float = 3600.0
     pull_policy: str = "if-not-present"

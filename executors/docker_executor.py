@@ -18,6 +18,7 @@ container's removal left for a later retry.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import io
 import logging
@@ -27,12 +28,13 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
+import docker.utils.socket
 import requests.exceptions
 from docker.models.containers import Container
 from docker.types import Mount
@@ -42,7 +44,7 @@ from core.errors import ContainerLost, EngineUnavailable, ImageNotAllowed, Image
 from executors.artifacts import ArtifactCollection, ArtifactLimits, collect_artifacts
 from executors.base import JobResult, JobSpec, LeftoverContainer, LogSink, acquire_slot
 from executors.container_files import ContainerFiles
-from executors.output import LineSplitter, whole_line_tail
+from executors.output import FrameReader, LineSplitter, whole_line_tail
 from executors.script import build_shell_script
 from executors.workspace_seed import DEFAULT_MAX_BYTES as DEFAULT_SEED_MAX_BYTES
 from executors.workspace_seed import plan_seed, write_seed_archive
@@ -60,6 +62,8 @@ _WAIT_STEP_SECONDS = 0.5
 _ENGINE_CHECK_SECONDS = 5.0
 _TMPFS_OPTIONS = "rw,nosuid,nodev,exec"  # exec: jobs build and run programs in /tmp
 _ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+_ATTACH_PARAMS = {"stdout": 1, "stderr": 1, "stream": 1, "logs": 1}  # logs: what it printed before the attach
+_READ_BYTES = 1 << 18  # the most one read of the container's output takes (its lines go on as one batch)
 
 
 class DockerExecutor:
@@ -195,7 +199,7 @@ class DockerExecutor:
 
     def _create(self, spec: JobSpec) -> Container:
         labels = {**spec.labels, LABEL_JOB: spec.job_execution_id, LABEL_WORKER: self.worker_id}
-        script = build_shell_script(spec.script)
+        script = build_shell_script(spec.script, spec.after_script)
         # The kernel caps one argument at 128 KiB: a longer program goes in as a file (one more API call).
         as_file = len(script.encode()) > _MAX_INLINE_SCRIPT_BYTES
         container = self.client.containers.create(
@@ -250,7 +254,7 @@ class DockerExecutor:
                    cancel: threading.Event) -> JobResult:
         splitter = LineSplitter(log_sink, self.max_line_chars)
         # Attach before start so that no early output is missed; the stream ends when the container exits.
-        stream = container.attach(stdout=True, stderr=True, stream=True, logs=True)
+        stream = self.client.api.attach_socket(container.id, params=_ATTACH_PARAMS)
         pump = threading.Thread(target=_pump, args=(stream, splitter), name=f"logs-{spec.name}", daemon=True)
         pump.start()
         container.start()
@@ -462,12 +466,28 @@ def script_archive(script: str) -> bytes:
     return buffer.getvalue()
 
 
-def _pump(stream: Iterator[bytes], splitter: LineSplitter) -> None:
+def _pump(stream: Any, splitter: LineSplitter) -> None:
+    """Move the container's output into ``splitter`` a block at a time: whatever has arrived, up to
+    ``_READ_BYTES``, read straight from the attach socket and demultiplexed at once (docker-py's iterator
+    makes a few Python steps per docker frame, which is one write of the job: a few KiB)."""
+    frames = FrameReader()
+    sock = getattr(stream, "_sock", stream)  # a socket.SocketIO over a unix socket: recv from the socket itself
     try:
-        for chunk in stream:
-            splitter.feed(chunk)
+        while (block := docker.utils.socket.read(sock, _READ_BYTES)) != b"":
+            if block:  # None: interrupted, read again
+                splitter.feed(frames.payload(block))
     except Exception as exc:  # the stream dies with the engine; the wait loop reports that
         log.warning("log stream ended early: %s", exc)
+    finally:
+        _close(stream)
+
+
+def _close(stream: Any) -> None:
+    """Close the attach socket and the HTTP response docker-py keeps on it (``_response``)."""
+    for closable in (stream, getattr(stream, "_response", None)):
+        with contextlib.suppress(Exception):
+            if closable is not None:
+                closable.close()
 
 
 def _is_read_timeout(exc: BaseException) -> bool:

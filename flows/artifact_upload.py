@@ -8,6 +8,9 @@ FAILED should the backend refuse one later: a job never reports success while it
 
 from __future__ import annotations
 
+import hashlib
+import re
+
 from prefect.artifacts import create_table_artifact
 
 from core.errors import ArtifactsLost
@@ -55,5 +58,23 @@ def upload_artifacts(outbox: Outbox, job_execution_id: str, collection: Artifact
 def publish_artifact_table(job_execution_id: str, job_name: str, rows: list[dict[str, object]]) -> None:
     """A table artifact on the Prefect run listing what was uploaded."""
     if rows:
-        create_table_artifact(table=rows, key=f"artifacts-{job_execution_id}",
+        create_table_artifact(table=rows, key=artifact_key(job_name, "artifacts"),
                               description=f"Artifacts uploaded by job {job_name}")
+
+
+_NOT_IN_KEY = re.compile(r"[^a-z0-9]+")
+_MAX_SLUG_CHARS = 60
+
+
+def artifact_key(name: str, suffix: str) -> str:
+    """A readable Prefect artifact key ``<name>-<suffix>`` (keys allow only ``a-z``, ``0-9`` and ``-``).
+
+    A name that is already such a slug stays as it is (``compile`` -> ``compile-artifacts``); any other gets a
+    short hash of the exact name, so that two names of one run that slug alike (``Unit_Tests``, ``unit-tests``)
+    never share a key (``unit-tests-1a2b3c-artifacts``). The same name in later runs gives the same key: Prefect
+    keeps those as versions of one artifact.
+    """
+    slug = _NOT_IN_KEY.sub("-", name.lower()).strip("-")[:_MAX_SLUG_CHARS].strip("-")
+    if slug != name or not slug:
+        slug = f"{slug or 'job'}-{hashlib.sha256(name.encode()).hexdigest()[:6]}"
+    return f"{slug}-{suffix}"

@@ -1,56 +1,118 @@
-"""Cancel from the Prefect UI or API: watch the flow run's state and stop its jobs.
+"""Cancel from the Prefect UI or API: watch the running flow runs' states and stop their jobs.
 
 A flow running in a thread of this process gets no signal when an operator cancels it: the server only
-moves it to ``Cancelling`` (docs/prefect-behaviours.md, "Cancelling an in-process flow"). This watcher
-polls the flow run and sets the cancel switch of each of its jobs, so the executor stops the containers
+moves it to ``Cancelling`` (docs/prefect-behaviours.md, "Cancelling an in-process flow"). One watcher per
+process polls every watched flow run in one read per interval (``POST /flow_runs/filter`` by id and state)
+and sets the cancel switch of each job of a run found cancelling, so the executor stops the containers
 (SIGTERM, then SIGKILL) and the jobs are reported ``CANCELED``; the flow then returns a ``Cancelled``
 state, which ends the run as Cancelled.
+
+Its thread and Prefect client live only while something is watched: an idle worker holds neither.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from uuid import UUID
 
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterState, FlowRunFilterStateType
+from prefect.client.schemas.objects import StateType
 
 from core.job_records import JobRecord
 
 log = logging.getLogger(__name__)
 
+_CANCELLING = [StateType.CANCELLING, StateType.CANCELLED]
 
-class PrefectCancelWatcher:
-    """Polls one flow run; on Cancelling/Cancelled sets the cancel switch of the given jobs."""
 
-    def __init__(self, flow_run_id: UUID, records: Callable[[], Iterable[JobRecord]], interval: float = 1.0) -> None:
-        self.flow_run_id = flow_run_id
-        self._records = records
+@dataclass
+class Watched:
+    """One flow run being watched; ``requested`` is set once a cancel from Prefect was seen."""
+
+    flow_run_id: UUID
+    records: Callable[[], Iterable[JobRecord]]
+    requested: threading.Event = field(default_factory=threading.Event)
+
+
+class CancelWatch:
+    """Watches many flow runs with one thread and one Prefect read per interval; thread-safe."""
+
+    def __init__(self, interval: float = 1.0, idle_seconds: float = 5.0) -> None:
         self.interval = interval
-        self.requested = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"cancel-watch-{str(flow_run_id)[:8]}", daemon=True)
+        self.idle_seconds = idle_seconds  # the thread (and its client) ends after this long with nothing watched
+        self._watched: dict[UUID, Watched] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
 
-    def __enter__(self) -> PrefectCancelWatcher:
-        self._thread.start()
-        return self
+    @contextlib.contextmanager
+    def watching(self, flow_run_id: UUID | str, records: Callable[[], Iterable[JobRecord]]) -> Iterator[Watched]:
+        """Watch ``flow_run_id`` for the ``with`` block; on a cancel from Prefect, set the jobs' switches."""
+        flow_run_id = UUID(str(flow_run_id))  # Prefect's runtime gives the id as text, its API answers UUIDs
+        watched = Watched(flow_run_id, records)
+        with self._lock:
+            self._watched[flow_run_id] = watched
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._loop, name="cancel-watch", daemon=True)
+                self._thread.start()
+        try:
+            yield watched
+        finally:
+            with self._lock:
+                if self._watched.get(flow_run_id) is watched:
+                    del self._watched[flow_run_id]
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+    def close(self) -> None:
+        """Stop the thread (if any) and close its client."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        self._wake.set()
+        if thread is not None:
+            thread.join(timeout=10)
 
     def _loop(self) -> None:
-        with get_client(sync_client=True) as client:
-            while not self._stop.wait(self.interval):
-                try:
-                    state = client.read_flow_run(self.flow_run_id).state
-                except Exception as exc:  # the Prefect API may blip; keep watching
-                    log.warning("could not read flow run %s: %s", self.flow_run_id, exc)
-                    continue
-                if state is not None and (state.is_cancelling() or state.is_cancelled()):
-                    log.warning("flow run %s canceled from Prefect: stopping its jobs", self.flow_run_id)
-                    self.requested.set()
-                    for record in self._records():
-                        record.cancel.set()
-                    return
+        try:
+            with get_client(sync_client=True) as client:
+                idle = 0.0
+                while not self._wake.wait(self.interval) and idle < self.idle_seconds:
+                    with self._lock:
+                        watched = dict(self._watched)
+                    idle = 0.0 if watched else idle + self.interval
+                    if watched:
+                        self._poll(client, watched)
+        finally:
+            with self._lock:
+                self._thread = None
+                restart = bool(self._watched) and not self._closed
+            if restart:  # something was registered while the thread was ending
+                self._respawn()
+
+    def _respawn(self) -> None:
+        with self._lock:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._loop, name="cancel-watch", daemon=True)
+                self._thread.start()
+
+    def _poll(self, client: SyncPrefectClient, watched: dict[UUID, Watched]) -> None:
+        flow_runs = FlowRunFilter(id=FlowRunFilterId(any_=list(watched)),
+                                  state=FlowRunFilterState(type=FlowRunFilterStateType(any_=_CANCELLING)))
+        try:
+            cancelled = client.read_flow_runs(flow_run_filter=flow_runs, limit=len(watched))
+        except Exception as exc:  # the Prefect API may blip; keep watching
+            log.warning("could not read the states of %d flow runs: %s", len(watched), exc)
+            return
+        for flow_run in cancelled:
+            one = watched.get(flow_run.id)
+            if one is None or one.requested.is_set():
+                continue
+            log.warning("flow run %s canceled from Prefect: stopping its jobs", flow_run.id)
+            one.requested.set()
+            for record in one.records():
+                record.cancel.set()

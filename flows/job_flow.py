@@ -13,7 +13,6 @@ from prefect.states import Cancelled, Failed
 from core.errors import WorkerError
 from core.job_records import JobRecord
 from core.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate
-from flows.cancel_watch import PrefectCancelWatcher
 from flows.dependencies import wait_for_dependencies
 from flows.handoff import HandOff
 from flows.job_log import WORKER_PREFIX
@@ -78,7 +77,7 @@ def execute_job(job_execution_id: str) -> Any:
         record, _ = services.registry.claim(job.id, job.job.name, job.pipeline_execution_id)
         record.flow_run_id = record.flow_run_id or runtime_flow_run.id
         reporter = JobReporter(job, record, services.outbox, services.inflight, services.settings)
-        with PrefectCancelWatcher(runtime_flow_run.id, lambda: [record]):
+        with services.cancel_watch.watching(runtime_flow_run.id, lambda: [record]):
             return _run_job(job, record, reporter, services)
 
 

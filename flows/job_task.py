@@ -4,9 +4,8 @@ Used by both the execute-job flow and the execute-pipeline flow.
 
 Retries: infrastructure failures are retried up to ``WORKER_MAX_RETRIES`` times (or the job's own
 ``retries``); a script's own failure (non-zero exit, timeout) only when the job sets ``retries``.
-Hooks: ``on_running`` reports ``RUNNING`` on every attempt, ``on_completion``/``on_failure`` report the
-final status with the log (they fire once, after the last attempt: docs/prefect-behaviours.md, "Task
-state hooks" and "Retries").
+Reporting: the task body reports ``RUNNING`` on every attempt and the final status with the log as soon
+as the outcome is known; no state hooks, so nothing waits on Prefect's state writes.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
-from prefect.states import State
+from prefect.states import Completed, State
 
 from core import metrics
 from core.errors import ArtifactsLost, InfrastructureError, JobFailure, JobTimedOut, ScriptFailed, is_retryable
@@ -31,8 +30,9 @@ from flows.artifact_upload import publish_artifact_table, upload_artifacts
 from flows.global_limit import container_slot
 from flows.job_log import JobLog
 from flows.pool_run import pool_labels
+from flows.predefined_env import with_predefined
 from flows.recovery import LABEL_FLOW_RUN
-from flows.reporting import JobReporter, hook_attempt
+from flows.reporting import JobReporter
 from flows.services import current
 
 
@@ -63,7 +63,8 @@ def job_spec(job: JobExecutionDTO, settings: Settings, workspace_volume: str | N
         working_dir = posixpath.join(settings.default_working_dir, working_dir)
     return JobSpec(
         job_execution_id=str(job.id), name=job.job.name, image=job.job.docker_image,
-        script=tuple(job.job.script), env=dict(job.job.env or {}), working_dir=posixpath.normpath(working_dir),
+        script=(*job.job.before_script, *job.job.script), after_script=tuple(job.job.after_script),
+        env=with_predefined(job, settings.default_working_dir), working_dir=posixpath.normpath(working_dir),
         timeout_seconds=float(job.job.timeout_seconds or settings.job_timeout_seconds),
         pull_policy=settings.pull_policy, network=settings.docker_network,
         labels={"cicd.pipeline-execution-id": str(job.pipeline_execution_id or "")},
@@ -89,17 +90,44 @@ def new_job_run(job: JobExecutionDTO, reporter: JobReporter, settings: Settings,
 
 
 @task(name="run-container", cache_policy=NO_CACHE, persist_result=False)
-def run_container(run: JobRun) -> dict[str, Any]:
-    """Run the job's container once; raise on failure so that Prefect's retry rule applies."""
+def run_container(run: JobRun) -> Any:
+    """Run the job's container once; raise on failure so that Prefect's retry rule applies.
+
+    The statuses are reported from here, not from state hooks: ``RUNNING`` as the attempt starts and the
+    final status the moment the attempt's outcome is known (a failure that will not be retried included),
+    so the backend never waits for Prefect's state writes.
+    """
     context = TaskRunContext.get()
     attempt = context.task_run.run_count if context else 1
     if attempt > 1:
         run.log.note(f"attempt {attempt} of {run.retries + 1}")
+    run.reporter.running(attempt)
+    try:
+        summary = _attempt(run)
+    except Exception as exc:
+        if attempt <= run.retries and _retryable(run, exc):
+            run.log.note(f"attempt {attempt} failed; retrying")
+            metrics.RETRIES.labels("script" if isinstance(exc, JobFailure) else "infrastructure").inc()
+        else:
+            exit_code = run.result.exit_code if run.result else None
+            run.reporter.final(ExecutionStatus.FAILED, exit_code=exit_code,
+                               message=f"Task run encountered an exception {type(exc).__name__}: {exc}")
+        raise
+    if summary.get("canceled"):
+        run.reporter.final(ExecutionStatus.CANCELED, exit_code=summary["exitCode"], message="canceled")
+    else:
+        run.reporter.final(ExecutionStatus.SUCCESS, exit_code=summary["exitCode"])
+    return _final_state(summary)
+
+
+def _attempt(run: JobRun) -> dict[str, Any]:
+    """One container run, its artifacts delivered, judged."""
+    run.result = None
     run.log.forward_to(get_run_logger())
     metrics.RUNNING_CONTAINERS.inc()
     try:
         with container_slot(run.cancel, run.log.note):  # across pool workers; a no-op in-process
-            result = current().executor.run(run.spec, run.log.line, run.cancel)
+            result = current().executor.run(run.spec, run.log, run.cancel)
     except InfrastructureError as exc:
         run.log.note(f"infrastructure failure: {exc}")
         raise
@@ -136,55 +164,47 @@ def _judge(run: JobRun, result: JobResult) -> dict[str, Any]:
     run.log.note(f"job failed: {failure}")
     if run.job.allows_failure:
         run.log.note("failure allowed (allowFailure): reported as SUCCESS")
-        return {**summary, "allowedFailure": True}
+        reason = f"exit {failure.exit_code}" if isinstance(failure, ScriptFailed) else str(failure)
+        return {**summary, "allowedFailure": reason}
     raise failure
 
 
+def _final_state(summary: dict[str, Any]) -> Any:
+    """What the task returns: its summary, or for an allowed failure a Completed state named
+    ``AllowedFailure`` with the message ``allowed to fail: exit N``, so the Prefect UI does not show it as a
+    plain success (no tag: a tagged task run costs concurrency-slot calls to the server)."""
+    reason = summary.get("allowedFailure")
+    if not reason:
+        return summary
+    return Completed(name="AllowedFailure", message=f"allowed to fail: {reason}", data=summary)
+
+
+def _retryable(run: JobRun, exc: BaseException) -> bool:
+    """The retry rule: infrastructure failures by kind, the script's own failures only when the job sets
+    ``retries``, lost artifacts never."""
+    if isinstance(exc, ArtifactsLost):
+        return False
+    if isinstance(exc, JobFailure):
+        return run.script_retries
+    return isinstance(exc, Exception) and is_retryable(exc)
+
+
 def _should_retry(run: JobRun, task: Any, task_run: Any, state: State) -> bool:
-    kind: type[Exception] = Exception
+    """Prefect's ``retry_condition_fn``: the same rule the task body applied when it chose not to report."""
     try:
         state.result()
-    except ArtifactsLost:
-        retry = False
-    except JobFailure:
-        retry, kind = run.script_retries, JobFailure
     except Exception as exc:
-        retry = is_retryable(exc)
-    else:
-        return False
-    if retry:
-        run.log.note(f"attempt {hook_attempt(task_run)} failed; retrying")
-        metrics.RETRIES.labels("script" if kind is JobFailure else "infrastructure").inc()
-    return retry
-
-
-def _on_running(run: JobRun, task: Any, task_run: Any, state: State) -> None:
-    run.reporter.running(hook_attempt(task_run))
-
-
-def _on_completion(run: JobRun, task: Any, task_run: Any, state: State) -> None:
-    result = run.result
-    if result is not None and result.canceled:
-        run.reporter.final(ExecutionStatus.CANCELED, exit_code=result.exit_code, message="canceled")
-        return
-    run.reporter.final(ExecutionStatus.SUCCESS, exit_code=result.exit_code if result else None)
-
-
-def _on_failure(run: JobRun, task: Any, task_run: Any, state: State) -> None:
-    exit_code = run.result.exit_code if run.result else None
-    run.reporter.final(ExecutionStatus.FAILED, exit_code=exit_code, message=state.message)
+        return _retryable(run, exc)
+    return False
 
 
 def job_task(run: JobRun, settings: Settings, tags: list[str] | None = None) -> Any:
-    """``run_container`` configured for this job: name, retries, retry rule and reporting hooks."""
-    bind = functools.partial
+    """``run_container`` configured for this job: name, retries and the retry rule (no state hooks: the body
+    reports, and Prefect would log two lines per hook per job)."""
     return run_container.with_options(
         task_run_name=run.job.job.name,
         retries=run.retries,
         retry_delay_seconds=settings.retry_delay_seconds,
-        retry_condition_fn=bind(_should_retry, run),
-        on_running=[bind(_on_running, run)],
-        on_completion=[bind(_on_completion, run)],
-        on_failure=[bind(_on_failure, run)],
+        retry_condition_fn=functools.partial(_should_retry, run),
         tags=tags,
     )

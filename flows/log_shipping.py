@@ -1,9 +1,10 @@
 """Live log chunks to the backend (contract extension ``POST /job/logs``).
 
-A background thread moves what the job printed into the outbox at least every second or every 64 KiB,
-in order (``seq`` counts chunks from 0, ``offset`` is the chunk's byte offset in the whole log). A
-backend that answers 404/405 has no live logs: the outbox stops taking chunks and the final status
-carries the log instead.
+A background thread moves what the job printed into the outbox at least every second or every 64 KiB
+(``WORKER_LOG_CHUNK_BYTES``), in chunks of about that size (:meth:`flows.job_log.JobLog.take_chunk`), in
+order (``seq`` counts chunks from 0, ``offset`` is the chunk's byte offset in the whole log). A backend that
+answers 404/405 has no live logs: the outbox stops taking chunks and the final status carries the log
+instead.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class LogShipper:
     def __init__(self, outbox: Outbox, job_execution_id: str, job_log: JobLog, interval: float = 1.0) -> None:
         self.outbox = outbox
         self.job_execution_id = job_execution_id
+        self._id = UUID(job_execution_id)
         self.log = job_log
         self.interval = interval
         self._stop = threading.Event()
@@ -40,15 +42,12 @@ class LogShipper:
             self._ship_pending()
 
     def _ship_pending(self) -> None:
-        chunk = self.log.take_chunk()
-        if chunk is None:
-            return
-        seq, offset, lines = chunk
-        try:
-            self.outbox.put_chunk(LogChunk(job_execution_id=UUID(self.job_execution_id), seq=seq, offset=offset,
-                                           lines=lines))
-        except Exception as exc:  # the disk failed; the final status still carries the log tail
-            log.error("live log chunk %d of job %s lost: %s", seq, self.job_execution_id, exc)
+        while (chunk := self.log.take_chunk()) is not None:
+            seq, offset, lines = chunk
+            try:
+                self.outbox.put_chunk(LogChunk(job_execution_id=self._id, seq=seq, offset=offset, lines=lines))
+            except Exception as exc:  # the disk failed; the final status still carries the log tail
+                log.error("live log chunk %d of job %s lost: %s", seq, self.job_execution_id, exc)
 
     def close(self) -> None:
         """Stop the thread and ship whatever is left, so that chunks precede the final status."""

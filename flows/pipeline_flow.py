@@ -14,18 +14,18 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from prefect import flow
+from prefect import allow_failure, flow
 from prefect.artifacts import create_table_artifact
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Cancelled, Completed, Failed
 
 from core.models import ExecutionStatus
-from flows.cancel_watch import PrefectCancelWatcher
+from flows.artifact_upload import artifact_key
 from flows.handoff import HandOff
 from flows.job_task import JobRun, job_task, new_job_run
 from flows.pipeline_plan import PipelineRun, load_pipeline
-from flows.planning import Outcome, Scheduler
+from flows.planning import Outcome, Scheduler, upstream
 from flows.pool_run import pool_process
 from flows.reporting import JobReporter
 from flows.services import Services, current
@@ -50,14 +50,17 @@ class PipelineDriver:
         self.runs: dict[str, JobRun] = {}
         self.reporters = {job_id: self._reporter(job_id) for job_id in pipeline.jobs}
         self.running: dict[concurrent.futures.Future[Any], str] = {}
+        self.futures: dict[str, PrefectFuture[Any]] = {}
 
     def _reporter(self, job_id: str) -> JobReporter:
         job = self.pipeline.jobs[job_id]
         record, _ = self.services.registry.claim(job.id, job.job.name, job.pipeline_execution_id)
         record.flow_run_id = runtime_flow_run.id
-        return JobReporter(job, record, self.services.outbox, self.services.inflight, self.settings)
+        return JobReporter(job, record, self.services.outbox, self.services.inflight, self.settings,
+                           self.services.line_listener)
 
     def run(self) -> None:
+        self._drop(self.scheduler.take_notices())  # jobs skipped before anything ran (their ``when``)
         self._submit_ready()
         while self.running:
             done, _ = concurrent.futures.wait(list(self.running), return_when=concurrent.futures.FIRST_COMPLETED)
@@ -74,8 +77,20 @@ class PipelineDriver:
             run = new_job_run(reporter.job, reporter, self.settings, workspace_volume=self.workspace_volume)
             self.runs[job_id] = run
             # Untagged on purpose: see flows/job_flow.py (tag concurrency checks cost seconds per task start).
-            future: PrefectFuture[Any] = job_task(run, self.settings).submit(run)
+            future: PrefectFuture[Any] = job_task(run, self.settings).submit(run, wait_for=self._upstream(job_id))
+            self.futures[job_id] = future
             self.running[future.wrapped_future] = job_id  # type: ignore[attr-defined]
+
+    def _upstream(self, job_id: str) -> list[Any]:
+        """The task runs of the jobs this one waits for, as Prefect's ``wait_for``: recorded as the task run's
+        inputs, they are the edges of the flow run's graph in the Prefect UI.
+
+        They have all finished (the scheduler hands a job out only then), so Prefect does not wait on them;
+        ``allow_failure`` keeps Prefect from ever refusing to run a job the scheduler released (whether a job
+        runs is the scheduler's decision alone).
+        """
+        return [allow_failure(self.futures[dep]) for dep in upstream(self.pipeline.graph, job_id)
+                if dep in self.futures]
 
     def _finished(self, job_id: str, canceled_before_start: bool = False) -> None:
         reporter = self.reporters[job_id]
@@ -85,7 +100,11 @@ class PipelineDriver:
         elif not reporter.final_sent:  # a hook that crashed must not leave the backend waiting
             reporter.final(ExecutionStatus.FAILED, message="task ended without a report")
         outcome = _OUTCOME_OF.get(reporter.record.status, Outcome.FAILED)
-        for dropped, reason in self.scheduler.finish(job_id, outcome):
+        self._drop(self.scheduler.finish(job_id, outcome))
+
+    def _drop(self, notices: list[tuple[str, str]]) -> None:
+        """Report jobs canceled by a failure upstream or skipped by their ``when`` (CANCELED, with the reason)."""
+        for dropped, reason in notices:
             dropped_reporter = self.reporters[dropped]
             dropped_reporter.log.note(reason)
             dropped_reporter.final(ExecutionStatus.CANCELED, message=reason)
@@ -149,14 +168,16 @@ def _execute_pipeline(pipeline_execution_id: str, start: PipelineStart) -> Any:
                                        max_bytes=settings.seed_max_bytes)
         driver = PipelineDriver(planned, services, volume)
         records = [reporter.record for reporter in driver.reporters.values()]
-        with PrefectCancelWatcher(runtime_flow_run.id, lambda: records) as watcher:
+        with services.cancel_watch.watching(runtime_flow_run.id, lambda: records) as watcher:
             driver.run()
     rows = driver.summary()
-    create_table_artifact(table=rows, key=f"pipeline-{pipeline_execution_id}",
+    create_table_artifact(table=rows, key=artifact_key(f"pipeline-{pipeline_execution_id[:8]}", "jobs"),
                           description=f"Jobs of pipeline run {pipeline_execution_id}")
     if watcher.requested.is_set():
         return Cancelled(message="pipeline canceled from Prefect")
-    failed = [row["job"] for row in rows if row["status"] != ExecutionStatus.SUCCESS.value]
+    skipped = {job_id for job_id, outcome in driver.scheduler.outcomes.items() if outcome is Outcome.SKIPPED}
+    failed = [row["job"] for row in rows
+              if row["status"] != ExecutionStatus.SUCCESS.value and row["job execution id"] not in skipped]
     if failed:
         return Failed(message=f"pipeline did not succeed: {', '.join(failed)} did not succeed")
     return Completed(message=f"all {len(rows)} jobs succeeded")

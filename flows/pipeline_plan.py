@@ -33,7 +33,8 @@ def plan(pipeline_execution_id: UUID, jobs: list[JobExecutionDTO],
          dependencies: dict[str, list[str]]) -> PipelineRun:
     """Plan a run; raises :class:`flows.planning.PlanningError` naming the jobs when it is invalid."""
     nodes = [JobNode(id=str(job.id), name=job.job.name, stage_order=job.stage_order,
-                     dependencies=tuple(dependencies.get(str(job.id), ()))) for job in jobs]
+                     dependencies=tuple(dependencies.get(str(job.id), ())), when=job.job.when or "on_success")
+             for job in jobs]
     graph = build_graph(nodes)
     return PipelineRun(pipeline_execution_id, {str(job.id): job for job in jobs}, dependencies, graph)
 

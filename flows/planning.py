@@ -63,6 +63,8 @@ class JobNode:
     """Job execution ids this job waits for; empty means "follow the stage rule"."""
     stage_order: int | None = None
     """Position of the job's stage in its pipeline, 0 = first; None = no stage."""
+    when: str = "on_success"
+    """``on_success``, ``on_failure``, ``always`` or ``manual``: see :class:`Scheduler`."""
 
 
 class StageBarrier(NamedTuple):
@@ -93,11 +95,13 @@ class Outcome(StrEnum):
     """Final state of a job, as far as scheduling cares.
 
     A failure that the job allows (``allowFailure``) counts as SUCCESS here: its dependents run.
+    SKIPPED is a job its ``when`` kept from running (reported to the backend as CANCELED).
     """
 
     SUCCESS = "SUCCESS"
     FAILED = "FAILED"
     CANCELED = "CANCELED"
+    SKIPPED = "SKIPPED"
 
 
 # --------------------------------------------------------------------------- build_graph
@@ -318,9 +322,24 @@ class Scheduler:
     """Pure state machine walking a planned graph; the pipeline flow drives it.
 
     Protocol: call :meth:`take_ready`, start those jobs, call :meth:`finish` for each as it
-    ends (forwarding the cancellations it returns to the backend), repeat until :attr:`done`.
-    A job is handed out once, only after every upstream job finished with SUCCESS. A FAILED
-    or CANCELED job cancels everything downstream of it, none of which can have started.
+    ends (forwarding the cancellations and skips it returns to the backend), repeat until
+    :attr:`done`; jobs skipped before anything ran come from :meth:`take_notices`.
+
+    A job's ``when`` decides what happens once the jobs upstream of it (its ancestors) end:
+
+    * ``on_success`` (the default): handed out once every upstream job succeeded; a FAILED or
+      CANCELED upstream job cancels it at once (it cannot have started).
+    * ``always``: handed out once every upstream job is final, whatever the outcomes.
+    * ``on_failure``: handed out once every upstream job is final if one of them failed or
+      was canceled; otherwise SKIPPED.
+    * ``manual``: SKIPPED (nothing here can start it; the shell door runs a manual job it was
+      asked for as ``on_success``).
+
+    A SKIPPED job counts as a success for the jobs after it and for :attr:`succeeded` (GitLab
+    does not fail a pipeline over a skipped job). A job after a failure stays "after a
+    failure" for good: an ``on_success`` job below an ``always`` job that ran after a failure
+    is canceled, as GitLab's stage rule has it.
+
     Every operation is amortised linear over the run: each edge is looked at a bounded number
     of times. Not thread-safe: drive it from one thread or under a lock.
     """
@@ -332,14 +351,17 @@ class Scheduler:
         self._job_count = sum(1 for node in graph.nodes if isinstance(node, str))
         self._ready: list[str] = []
         self._started: set[str] = set()
-        self._dropped: set[Hashable] = set()  # canceled jobs and barriers, never to run
+        self._after_failure: set[Hashable] = set()  # nodes with a FAILED or CANCELED job upstream
+        self._to_resolve: list[Hashable] = []  # final nodes whose successors are not told yet
+        self._notices: list[tuple[str, str]] = []
         self._outcomes: dict[str, Outcome] = {}
-        # Collect first: releasing a node changes the counts of the nodes after it.
+        # Collect first: settling a node changes the counts of the nodes after it.
         for node in [node for node, count in self._waiting.items() if count == 0]:
-            self._release(node)
+            self._settle(node)
+        self._drain()
 
     def take_ready(self) -> list[str]:
-        """Jobs whose upstream all succeeded and that were not handed out yet; marks them started.
+        """Jobs whose upstream allows them to run and that were not handed out yet; marks them started.
 
         Sorted by (stage_order, name, id). Empty while running jobs hold everything else up.
         """
@@ -348,24 +370,29 @@ class Scheduler:
         self._started.update(ready)
         return ready
 
-    def finish(self, job_id: str, outcome: Outcome | str) -> list[tuple[str, str]]:
-        """Record the final outcome of a started job.
+    def take_notices(self) -> list[tuple[str, str]]:
+        """``(job_id, reason)`` for each job canceled or skipped since the last call, never repeated;
+        the reason starts with ``canceled:`` or ``skipped:``."""
+        notices = sorted(self._notices, key=lambda notice: _order_key(self._graph, notice[0]))
+        self._notices = []
+        return notices
 
-        On FAILED or CANCELED, returns ``(job_id, reason)`` for every job downstream that is
-        now CANCELED (jobs canceled earlier are not repeated). Raises ValueError when the job
-        was not handed out or already finished.
-        """
+    def finish(self, job_id: str, outcome: Outcome | str) -> list[tuple[str, str]]:
+        """Record the final outcome of a started job; returns :meth:`take_notices` (the jobs it
+        canceled or skipped). Raises ValueError when the job was not handed out or already finished."""
         outcome = Outcome(outcome)
+        if outcome is Outcome.SKIPPED:
+            raise ValueError(f"job {job_id} ran: it cannot finish SKIPPED")
         if job_id not in self._started:
             raise ValueError(f"job {job_id} cannot finish: it was never handed out by take_ready")
         if job_id in self._outcomes:
             raise ValueError(f"job {job_id} already finished with {self._outcomes[job_id]}")
         self._outcomes[job_id] = outcome
-        if outcome is Outcome.SUCCESS:
-            for succ in self._graph.successors(job_id):
-                self._satisfy(succ)
-            return []
-        return self._cancel_downstream(job_id, outcome)
+        if outcome in (Outcome.FAILED, Outcome.CANCELED):
+            self._mark_downstream(job_id, outcome)
+        self._to_resolve.append(job_id)
+        self._drain()
+        return self.take_notices()
 
     @property
     def done(self) -> bool:
@@ -379,38 +406,52 @@ class Scheduler:
 
     @property
     def succeeded(self) -> bool:
-        """Done, and every job ended with SUCCESS."""
-        return self.done and all(outcome is Outcome.SUCCESS for outcome in self._outcomes.values())
+        """Done, and every job ended with SUCCESS or was SKIPPED."""
+        return self.done and all(outcome in (Outcome.SUCCESS, Outcome.SKIPPED) for outcome in self._outcomes.values())
 
-    def _satisfy(self, node: Hashable) -> None:
-        """One more upstream of ``node`` succeeded."""
-        self._waiting[node] -= 1
-        if self._waiting[node] == 0 and node not in self._dropped:
-            self._release(node)
+    def _when(self, job_id: str) -> str:
+        job: JobNode = self._graph.nodes[job_id]["job"]
+        return job.when
 
-    def _release(self, node: Hashable) -> None:
-        """``node`` has nothing left to wait for: queue a job, pass straight through a barrier."""
-        if isinstance(node, str):
+    def _drain(self) -> None:
+        """Tell the successors of every newly final node; settle those with nothing left to wait for."""
+        while self._to_resolve:
+            for succ in self._graph.successors(self._to_resolve.pop()):
+                self._waiting[succ] -= 1
+                if self._waiting[succ] == 0:
+                    self._settle(succ)
+
+    def _settle(self, node: Hashable) -> None:
+        """Everything upstream of ``node`` is final: pass through a barrier, hand out or skip a job."""
+        if not isinstance(node, str):
+            self._to_resolve.append(node)
+            return
+        if node in self._outcomes:  # canceled when something upstream failed
+            return
+        when, after_failure = self._when(node), node in self._after_failure
+        runs = {"always": True, "on_failure": after_failure, "on_success": not after_failure}.get(when, False)
+        if runs:
             self._ready.append(node)
-        else:
-            for succ in self._graph.successors(node):
-                self._satisfy(succ)
+            return
+        reason = ("skipped: a manual job (run it by naming it)" if when == "manual"
+                  else "skipped: when: on_failure, and nothing upstream failed")
+        self._outcomes[node] = Outcome.SKIPPED
+        self._notices.append((node, reason))
+        self._to_resolve.append(node)
 
-    def _cancel_downstream(self, job_id: str, outcome: Outcome) -> list[tuple[str, str]]:
-        """Drop every descendant of ``job_id`` not dropped before; report the jobs among them."""
+    def _mark_downstream(self, job_id: str, outcome: Outcome) -> None:
+        """Mark every descendant of ``job_id`` as after a failure; cancel the ``on_success`` jobs among them."""
         verb = "failed" if outcome is Outcome.FAILED else "was canceled"
         reason = f"canceled: upstream job {_label(self._graph.nodes[job_id]['job'])} {verb}"
-        canceled: list[str] = []
-        stack = [job_id]
+        stack: list[Hashable] = [job_id]
         while stack:
             for succ in self._graph.successors(stack.pop()):
-                # A dropped node's descendants were dropped with it: no need to go further.
-                if succ in self._dropped:
+                # A marked node's descendants were marked with it: no need to go further.
+                if succ in self._after_failure:
                     continue
-                self._dropped.add(succ)
+                self._after_failure.add(succ)
                 stack.append(succ)
-                if isinstance(succ, str):
+                if isinstance(succ, str) and self._when(succ) == "on_success" and succ not in self._outcomes:
                     self._outcomes[succ] = Outcome.CANCELED
-                    canceled.append(succ)
-        canceled.sort(key=lambda dropped: _order_key(self._graph, dropped))
-        return [(dropped, reason) for dropped in canceled]
+                    self._notices.append((succ, reason))
+                    self._to_resolve.append(succ)

@@ -1,20 +1,18 @@
-"""Flow runs that a ``prefect worker`` started from a deployment (scale-out, ``WORKER_DISPATCH=pool``).
+"""Pool mode on a worker host (``WORKER_DISPATCH=pool``): the long-lived ``cicd-worker pool-worker`` process.
 
-Such a run has a process of its own (``python -m prefect.engine``, spawned by the worker with the
-worker's environment), so four things differ from a run in the API's process. :func:`pool_process`
-does them; it is a no-op for a run that did not come from a deployment.
+The API host creates each flow run and a Prefect task run pointing at it; a task worker on some host takes
+the task run and runs the flow run in a thread of its own long-lived process (:mod:`flows.pool_tasks`).
+What that process sets up once, here (:func:`start_pool_process`):
 
-1. **State slot.** Several flow processes run at once on one host; each takes a numbered slot under
+1. **State slot.** Several pool workers may run on one host; each takes a numbered slot under
    ``WORKER_STATE_DIR/pool-slots`` (an ``flock``, released by the kernel when the process dies) and keeps
-   its outbox and in-flight list there, so no two senders share one outbox. Taking a slot first delivers
-   what a dead predecessor in that slot left, and reports the jobs it cut off (``FAILED``).
-2. **Container limit across hosts**: see :mod:`flows.global_limit`.
-3. **SIGTERM means cancel.** The worker cancels a run by SIGTERM to its process (docs/prefect-behaviours.md,
-   "Cancelling a deployment run"), which Prefect turns into an exception wherever the main thread is,
-   leaving containers and statuses behind. Here it sets the cancel switch of every job instead:
-   containers are stopped, jobs are reported ``CANCELED``, and the process exits well inside the
-   worker's 30 s grace.
-4. **Nothing left unsent.** The outbox is flushed before the process exits.
+   its outbox, in-flight list and job records there, so no two senders share one outbox. Taking a slot
+   first delivers what a dead predecessor in that slot left, and reports the jobs it cut off (``FAILED``).
+2. **Container limit across hosts**: see :mod:`flows.global_limit` (on once :func:`in_pool_process` is true).
+3. **Cancel before start.** The API cancels a run that has not started by setting it ``Cancelled`` and
+   reports the job itself; Prefect still lets such a run be proposed Running, so a flow checks
+   :func:`canceled_before_start` first. A started run is cancelled through Prefect (``Cancelling``), which
+   the process's cancel watcher turns into the job's cancel switch, as in the API's own process.
 """
 
 from __future__ import annotations
@@ -22,52 +20,37 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import os
-import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
-from typing import IO, Any
-
-from prefect.context import FlowRunContext
+from typing import IO
 
 from core.settings import Settings
 from core.state_db import private_dir, private_file
 from flows.recovery import RecoveryMasks, recover
-from flows.services import Services, build_services, current, install
+from flows.services import Services, build_services, install
 
 log = logging.getLogger(__name__)
 
 LABEL_PREFECT_WORKER = "cicd.prefect-worker"
-_SIGTERM_FLUSH_SECONDS = 10.0  # the worker kills the process 30 s after its SIGTERM
 _in_pool_process = threading.Event()
+_worker_name: str | None = None
 _slot_lock: IO[bytes] | None = None
 
 
 def in_pool_process() -> bool:
-    """Whether this process runs a flow run started by a pool worker (set by :func:`pool_process`)."""
+    """Whether this process is a pool worker (set by :func:`start_pool_process`)."""
     return _in_pool_process.is_set()
 
 
 def pool_labels() -> dict[str, str]:
-    """Container labels naming the Prefect worker that started this process (empty outside the pool)."""
-    name = os.environ.get("PREFECT__WORKER_NAME")
-    return {LABEL_PREFECT_WORKER: name} if in_pool_process() and name else {}
-
-
-def _from_deployment() -> bool:
-    context = FlowRunContext.get()
-    return bool(context and context.flow_run and context.flow_run.deployment_id)
+    """Container labels naming the pool worker that runs this job (empty outside the pool)."""
+    return {LABEL_PREFECT_WORKER: _worker_name} if in_pool_process() and _worker_name else {}
 
 
 def canceled_before_start() -> bool:
-    """Whether the API cancelled this pool run before its flow process started.
-
-    The API reports ``CANCELED`` itself in that case (``PoolDispatcher._cancel_before_start``), but Prefect
-    lets a Cancelled run be proposed Running again, so a process picked up at that moment must not run it.
-    """
-    if not _from_deployment():
+    """Whether the API cancelled this pool run before its flow started (step 3 of the module docstring)."""
+    if not in_pool_process():
         return False
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
@@ -80,24 +63,20 @@ def canceled_before_start() -> bool:
 
 @contextlib.contextmanager
 def pool_process() -> Iterator[None]:
-    """Wrap a flow body: steps 1, 3 and 4 of the module docstring when the run came from a deployment."""
-    if not _from_deployment():
-        yield
-        return
-    _in_pool_process.set()
-    settings = Settings()  # this process's entry point: the settings are read here, once
+    """Wrap a flow body. Nothing to do per run: :func:`start_pool_process` set the pool worker up once."""
+    yield
+
+
+def start_pool_process(settings: Settings, worker_name: str) -> Services:
+    """Steps 1 and 2 of the module docstring: take a slot, build and install the services, recover the slot."""
+    global _worker_name
     slot = _take_slot(settings.state_dir)
     # The outbox, the in-flight list and the job records of this process live in the slot.
     services = install(build_services(settings.model_copy(update={"state_dir": slot})))
     _recover_slot(services)
-    canceled = threading.Event()
-    try:
-        with _sigterm_cancels(canceled):
-            yield
-    finally:
-        timeout = _SIGTERM_FLUSH_SECONDS if canceled.is_set() else settings.shutdown_flush_seconds
-        if not services.outbox.flush(timeout=timeout):
-            log.error("undelivered updates left in %s: sent by the next flow run in this slot", slot)
+    _worker_name = worker_name
+    _in_pool_process.set()
+    return services
 
 
 def _take_slot(base: Path) -> Path:
@@ -131,23 +110,3 @@ def _recover_slot(services: Services) -> None:
         return
     if count:
         log.warning("reported %d job(s) cut off by the previous flow process in this slot", count)
-
-
-@contextlib.contextmanager
-def _sigterm_cancels(canceled: threading.Event) -> Iterator[None]:
-    """While the block runs, SIGTERM sets every job's cancel switch instead of raising (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def cancel_all(signum: int, frame: FrameType | None) -> None:
-        log.warning("SIGTERM (flow run canceled or worker stopping): canceling this run's jobs")
-        canceled.set()
-        for record in current().registry.all():
-            record.cancel.set()
-
-    previous: Any = signal.signal(signal.SIGTERM, cancel_all)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Any
 
 from core import metrics
 from core.inflight import InflightJobs
@@ -23,16 +22,20 @@ from core.settings import Settings
 from flows.job_log import JobLog
 from flows.log_shipping import LogShipper
 from flows.masking import scan_job_env
+from flows.services import LineListener
 
 log = logging.getLogger(__name__)
 
 
-def new_job_log(job: JobExecutionDTO, settings: Settings) -> JobLog:
+def new_job_log(job: JobExecutionDTO, settings: Settings, listen: LineListener | None = None) -> JobLog:
     """The job's log, masking its secrets (:mod:`flows.masking`); it opens with a warning for each secret
-    too short to be masked."""
+    too short to be masked. ``listen`` gives the job's listener of its lines, if any."""
     scan = scan_job_env(job.job.env, job.job.masked_env, settings)
     job_log = JobLog(settings.log_tail_bytes, secrets=scan.needles, max_line_chars=settings.log_max_line_chars,
                      chunk_bytes=settings.log_chunk_bytes, prefect_max_bytes=settings.prefect_log_max_bytes)
+    listener = listen(job) if listen is not None else None
+    if listener is not None:
+        job_log.add_listener(listener)
     for warning in scan.warnings(settings.secret_min_length):
         job_log.note(warning)
     return job_log
@@ -42,11 +45,11 @@ class JobReporter:
     """Sends one job execution's statuses and live log to the backend; mirrors them in the local record."""
 
     def __init__(self, job: JobExecutionDTO, record: JobRecord, outbox: Outbox, inflight: InflightJobs,
-                 settings: Settings) -> None:
+                 settings: Settings, listen: LineListener | None = None) -> None:
         self.job = job
         self.record = record
         self.outbox = outbox
-        self.log = new_job_log(job, settings)
+        self.log = new_job_log(job, settings, listen)
         self.final_sent = False
         self._inflight = inflight
         inflight.add(job.id, record.flow_run_id, job.job.name)
@@ -97,8 +100,3 @@ class JobReporter:
         except Exception as exc:  # the disk failed: Prefect would swallow it, so say it loudly here
             log.error("LOST STATUS %s of job execution %s: %s", update.status, update.job_execution_id, exc)
             self.record.message = f"could not queue {update.status} for the backend: {exc}"
-
-
-def hook_attempt(task_run: Any) -> int:
-    """The attempt number of a task run inside a hook (1 for the first run)."""
-    return max(int(getattr(task_run, "run_count", 1) or 1), 1)

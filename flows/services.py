@@ -9,16 +9,23 @@ the app's start-up), ``cicd-worker run``, ``execute-job`` / ``execute-pipeline``
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from core.backend_client import BackendClient
 from core.delivery_policy import OutboxLimits
 from core.inflight import InflightJobs
 from core.job_records import JobRegistry, JobStore
+from core.models import JobExecutionDTO
 from core.outbox import Outbox
 from core.settings import Settings
 from executors.base import Executor
 from executors.docker_executor import DockerExecutor
+from flows.cancel_watch import CancelWatch
+from flows.prefect_logging import quiet_hook_bookkeeping
+
+# Given a job, the callback its log hands each batch of masked lines to (``JobLog.add_listener``), or None.
+LineListener = Callable[[JobExecutionDTO], Callable[[list[str]], None] | None]
 
 
 @dataclass
@@ -33,9 +40,14 @@ class Services:
     inflight: InflightJobs
     # The outbox's own client (one attempt per send), closed with the rest.
     sender: BackendClient | None = field(default=None, repr=False)
+    # One watcher of cancels from Prefect for every flow run of this process.
+    cancel_watch: CancelWatch = field(default_factory=CancelWatch, repr=False)
+    # Who else reads each job's lines as they come (``cicd-worker run`` prints them); None: nobody.
+    line_listener: LineListener | None = field(default=None, repr=False)
 
     def close(self) -> None:
         """Stop the outbox sender and close the backend clients (what is undelivered stays on disk)."""
+        self.cancel_watch.close()
         self.outbox.stop()
         self.backend.close()
         if self.sender is not None:
@@ -76,8 +88,12 @@ _installed: Services | None = None
 
 
 def install(services: Services) -> Services:
-    """Make ``services`` this process's services (entry points call it); returns them."""
+    """Make ``services`` this process's services (entry points call it); returns them.
+
+    Also keeps Prefect's hook bookkeeping lines out of the run logs of this process (once per process).
+    """
     global _installed
+    quiet_hook_bookkeeping()
     with _lock:
         _installed = services
     return services

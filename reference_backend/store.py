@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, stage_id TEXT, name TEXT NOT NULL, docker_image TEXT NOT NULL,
     script TEXT NOT NULL, dependencies TEXT NOT NULL, allow_failure INTEGER NOT NULL,
     artifacts TEXT NOT NULL, working_dir TEXT, env TEXT, timeout_seconds INTEGER, retries INTEGER,
-    artifacts_when TEXT, masked_env TEXT,
+    artifacts_when TEXT, masked_env TEXT, before_script TEXT, after_script TEXT, job_when TEXT,
     created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS job_executions (
     id TEXT PRIMARY KEY, position INTEGER NOT NULL,
@@ -61,7 +61,8 @@ _JOB_EXECUTION_SELECT = """
 SELECT e.id, e.pipeline_execution_id, e.stage_execution_id, e.stage_order, p.commit_hash, p.local,
        e.status, e.start_time, e.completion_time, j.id AS job_id, j.stage_id, j.name, j.docker_image,
        j.script, j.dependencies, j.allow_failure, j.artifacts, j.working_dir, j.env,
-       j.timeout_seconds, j.retries, j.artifacts_when, j.masked_env, j.created_at, j.updated_at
+       j.timeout_seconds, j.retries, j.artifacts_when, j.masked_env, j.created_at, j.updated_at,
+       j.before_script, j.after_script, j.job_when
 FROM job_executions e JOIN jobs j ON j.id = e.job_id
 JOIN pipeline_executions p ON p.id = e.pipeline_execution_id
 """
@@ -103,7 +104,14 @@ def _record(row: sqlite3.Row) -> JobExecutionRecord:
         artifacts_when=row["artifacts_when"],
         created_at=datetime.fromisoformat(row["created_at"]),
         updated_at=datetime.fromisoformat(row["updated_at"]),
+        before_script=_json_or_none(row["before_script"]),
+        after_script=_json_or_none(row["after_script"]),
+        when=row["job_when"],
     )
+
+
+def _json_or_none(text: str | None) -> Any:
+    return json.loads(text) if text is not None else None
 
 
 def _definition_columns(job: JobSpec) -> dict[str, Any]:
@@ -119,6 +127,9 @@ def _definition_columns(job: JobSpec) -> dict[str, Any]:
         "timeout_seconds": job.timeout_seconds,
         "retries": job.retries,
         "artifacts_when": job.artifacts_when,
+        "before_script": json.dumps(job.before_script) if job.before_script is not None else None,
+        "after_script": json.dumps(job.after_script) if job.after_script is not None else None,
+        "job_when": job.when,
     }
 
 
@@ -134,8 +145,10 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        if "masked_env" not in columns:  # a database made before the maskedEnv extension
-            self._db.execute("ALTER TABLE jobs ADD COLUMN masked_env TEXT")
+        # A database made before an extension gets its columns.
+        for column in ("masked_env", "before_script", "after_script", "job_when"):
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
 
     def close(self) -> None:
         """Close the connection; the store is unusable afterwards. Safe to call twice."""

@@ -99,6 +99,9 @@ class JobSpec(_AdminModel):
     timeout_seconds: int | None = None
     retries: int | None = None
     artifacts_when: str | None = None
+    before_script: list[str] | None = None
+    after_script: list[str] | None = None
+    when: str | None = None
 
 
 class PipelineRunSpec(_AdminModel):
@@ -169,6 +172,9 @@ class JobExecutionRecord:
     artifacts_when: str | None
     created_at: datetime
     updated_at: datetime
+    before_script: list[str] | None = None
+    after_script: list[str] | None = None
+    when: str | None = None
 
 
 def jackson_local_datetime(value: datetime | None) -> list[int] | None:
@@ -206,6 +212,9 @@ def job_dto(record: JobExecutionRecord) -> dict[str, Any]:
                 "timeoutSeconds": record.timeout_seconds,
                 "retries": record.retries,
                 "artifactsWhen": record.artifacts_when,
+                "beforeScript": record.before_script,
+                "afterScript": record.after_script,
+                "when": record.when,
             }
         ),
         "createdAt": jackson_local_datetime(record.created_at),

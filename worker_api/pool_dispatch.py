@@ -1,21 +1,24 @@
-"""Pool dispatch (``WORKER_DISPATCH=pool``): accepted requests become flow runs of the deployments.
+"""Pool dispatch (``WORKER_DISPATCH=pool``): accepted requests become flow runs that pool workers run.
 
-Nothing runs in this process: ``prefect worker`` processes on any number of hosts pick the runs up
-(scale-out, see ``prefect.yaml`` and :mod:`worker_api.deploy`). What the API contract keeps:
+Nothing runs in this process: ``cicd-worker pool-worker`` processes on any number of hosts take the runs
+(scale-out, see :mod:`flows.pool_tasks`). What the API contract keeps:
 
-* **Submission**: ``run_deployment(..., timeout=0)`` returns the Scheduled flow run, whose id is the
-  answer. The idempotency key (the job or pipeline execution id) makes Prefect return the existing run
-  for an execution it already has, also after an API restart or from another API replica; this process
-  dedupes in memory first (200, nothing new).
-* **Queue bound**: the work pool's flow runs not yet final, counted through the Prefect API, stand in for
-  ``WORKER_MAX_QUEUED_JOBS`` (a pipeline counts as its jobs when it is submitted, then as one run).
+* **Submission**: the flow run is created ``Scheduled`` here (its id is the answer), then a deferred task run
+  of the pool's task is created next to it; a pool worker gets it over its websocket within a fraction of a
+  second. The idempotency key (the job or pipeline execution id) makes Prefect return the existing flow run
+  for an execution it already has, also after an API restart or from another API replica, and the task run
+  is then not queued again; this process dedupes in memory first (200, nothing new).
+* **Queue bound**: the pool's flow runs not yet final (tag ``pool:<WORKER_WORK_POOL>``), counted through the
+  Prefect API, stand in for ``WORKER_MAX_QUEUED_JOBS`` (a pipeline counts as its jobs when it is submitted,
+  then as one run).
 * **Job view**: the flow run's state and times, read from Prefect. Exit code and attempts live in the
-  flow process and are not shown (the backend gets them with the statuses).
+  pool worker and are not shown (the backend gets them with the statuses).
 * **Cancel**: a run that has not started is set ``Cancelled`` and its job reported ``CANCELED`` from
-  here; a started one is set ``Cancelling``, the worker sends its process SIGTERM, and the flow stops the
-  container and reports ``CANCELED`` itself (:mod:`flows.pool_run`).
+  here; a started one is set ``Cancelling``, which the pool worker's cancel watcher sees: it stops the
+  container and reports ``CANCELED`` itself.
 * **Container limit**: a Prefect global concurrency limit across all workers, created or updated here
-  at start-up (:mod:`flows.global_limit`); its name reaches the flow processes as a job variable.
+  at start-up (:mod:`flows.global_limit`); every pool worker must use the same
+  ``WORKER_CONCURRENCY_LIMIT_NAME``.
 """
 
 from __future__ import annotations
@@ -26,24 +29,19 @@ from uuid import UUID
 
 from prefect import Flow
 from prefect.client.orchestration import SyncPrefectClient
-from prefect.client.schemas.filters import (
-    FlowRunFilter,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
-    WorkPoolFilter,
-    WorkPoolFilterName,
-)
+from prefect.client.schemas.actions import FlowCreate, FlowRunCreate
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType, FlowRunFilterTags
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.responses import SetStateStatus
-from prefect.deployments import run_deployment
-from prefect.states import Cancelled, Cancelling
+from prefect.states import Cancelled, Cancelling, Scheduled, to_state_create
 
 from core.job_records import JobRecord, JobRegistry
 from core.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate, JobView
-from flows.job_flow import job_run_name, job_tags
+from flows.job_flow import execute_job, job_run_name, job_tags
 from flows.job_log import WORKER_PREFIX
-from flows.pipeline_flow import pipeline_run_name
+from flows.pipeline_flow import execute_pipeline, pipeline_run_name
 from flows.pipeline_plan import PipelineRun
+from flows.pool_tasks import Kind, submit
 from flows.services import Services
 from worker_api.deploy import ensure_concurrency_limit
 from worker_api.dispatcher import Dispatcher
@@ -70,6 +68,7 @@ class PoolDispatcher(Dispatcher):
         super().__init__(services, JobRegistry(), keep_pipelines=_KEEP_RECORDS)
         self._shared = SharedPrefectClient()
         self._limit_ready = False
+        self._flow_ids: dict[str, UUID] = {}
 
     def prepare(self) -> None:
         """Create or update the global concurrency limit; done at start-up, retried before a submission."""
@@ -86,20 +85,20 @@ class PoolDispatcher(Dispatcher):
     def _create_job_run(self, job: JobExecutionDTO, params: dict[str, Any]) -> FlowRun:
         self._check_room(1)
         # The flow process fetches the job execution (its env) from the backend.
-        return self._run_deployment("execute-job", params, job_run_name(job), job_tags(job), f"cicd-job-{job.id}")
+        return self._create_run(execute_job, "job", params, job_run_name(job), job_tags(job), f"cicd-job-{job.id}")
 
     def _create_pipeline_run(self, planned: PipelineRun, params: dict[str, Any]) -> FlowRun:
         # The flow process fetches and plans the run again (its jobs' env never goes to Prefect).
         pipeline_execution_id = planned.pipeline_execution_id
-        return self._run_deployment("execute-pipeline", params, pipeline_run_name(pipeline_execution_id),
-                                    ["cicd-pipeline", f"pipeline:{pipeline_execution_id}"],
-                                    f"cicd-pipeline-{pipeline_execution_id}")
+        return self._create_run(execute_pipeline, "pipeline", params, pipeline_run_name(pipeline_execution_id),
+                                ["cicd-pipeline", f"pipeline:{pipeline_execution_id}"],
+                                f"cicd-pipeline-{pipeline_execution_id}")
 
     def _job_accepted(self, job: JobExecutionDTO, record: JobRecord) -> None:
         """Nothing to write down: the flow process keeps the job's in-flight entry in its own slot."""
 
     def _launch(self, flow: Flow, flow_run: FlowRun, params: dict[str, Any], record: JobRecord | None) -> None:
-        """Nothing to start: a ``prefect worker`` picks the scheduled run up."""
+        """Nothing to start: a pool worker takes the queued task run."""
 
     def job_view(self, job_execution_id: UUID) -> JobView | None:
         """The job's flow run as Prefect sees it; None for a job not submitted through this process."""
@@ -145,21 +144,34 @@ class PoolDispatcher(Dispatcher):
     def shutdown(self, wait: bool = False) -> None:
         self._shared.close()
 
-    def _run_deployment(self, flow_name: str, params: dict[str, Any], name: str, tags: list[str],
-                        key: str) -> FlowRun:
+    @property
+    def _pool_tag(self) -> str:
+        return f"pool:{self.services.settings.work_pool}"
+
+    def _create_run(self, flow: Flow, kind: Kind, params: dict[str, Any], name: str, tags: list[str],
+                    key: str) -> FlowRun:
+        """The flow run (Scheduled; the existing one for a known ``key``), queued for the pool's workers."""
         self.prepare()
-        settings = self.services.settings
-        flow_run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync here: no event loop in this thread
-            f"{flow_name}/{settings.deployment_name}", parameters=params, flow_run_name=name, tags=tags,
-            idempotency_key=key, timeout=0, as_subflow=False,
-            job_variables={"env": {"WORKER_CONCURRENCY_LIMIT_NAME": settings.concurrency_limit_name}})
+        api = self._api()
+        create = FlowRunCreate(flow_id=self._flow_id(flow), flow_version=flow.version, name=name, parameters=params,
+                               context={}, tags=[*tags, self._pool_tag], idempotency_key=key,
+                               state=to_state_create(Scheduled()))
+        answer = api.request("POST", "/flow_runs/", json=create.model_dump(mode="json"))
+        flow_run = FlowRun.model_validate(answer.json())
+        submit(api, flow_run, kind, self.services.settings.work_pool)
         return flow_run
 
+    def _flow_id(self, flow: Flow) -> UUID:
+        flow_id = self._flow_ids.get(flow.name)
+        if flow_id is None:
+            answer = self._api().request("POST", "/flows/", json=FlowCreate(name=flow.name).model_dump(mode="json"))
+            flow_id = self._flow_ids[flow.name] = UUID(answer.json()["id"])
+        return flow_id
+
     def _check_room(self, jobs: int) -> None:
-        settings = self.services.settings
-        unfinished = self._api().count_flow_runs(
-            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[settings.work_pool])),
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=_NOT_FINAL))))
+        unfinished = self._api().count_flow_runs(flow_run_filter=FlowRunFilter(
+            tags=FlowRunFilterTags(all_=[self._pool_tag]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=_NOT_FINAL))))
         self._room(jobs)(unfinished)
 
     def _api(self) -> SyncPrefectClient:

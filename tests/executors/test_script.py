@@ -86,3 +86,14 @@ def test_empty_script_succeeds_silently() -> None:
     assert script.strip() == ""
     result = run_sh(script)
     assert (result.returncode, result.stdout, result.stdout) == (0, "", "")
+
+
+def test_after_script_runs_after_a_failure_and_keeps_the_scripts_status() -> None:
+    result = run_sh(build_shell_script(["cd /tmp", "X=set", "sh -c 'exit 4'"], ["echo after $X", "pwd", "exit 9"]))
+    assert result.returncode == 4
+    assert result.stdout.endswith("[cicd] running after_script\n$ echo after $X\nafter\n$ pwd\n/\n$ exit 9\n")
+
+
+def test_after_script_runs_after_success_too() -> None:
+    result = run_sh(build_shell_script(["echo main"], ["echo after"]))
+    assert result.returncode == 0 and result.stdout.endswith("main\n[cicd] running after_script\n$ echo after\nafter\n")

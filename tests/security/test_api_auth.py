@@ -246,15 +246,15 @@ def test_deploy_refuses_without_prefect_auth(prefect_with_auth: str) -> None:
     assert open_server.returncode == 2 and "PREFECT_SERVER_API_AUTH_STRING" in open_server.stderr
     assert "answers without credentials" in open_server.stderr
     for result in (missing, wrong, open_server):
-        assert "deployed" not in result.stdout and "Traceback" not in result.stderr
+        assert "ready" not in result.stdout and "Traceback" not in result.stderr
 
 
 @pytest.mark.slow  # each `cicd-worker deploy` imports Prefect: ~8 s apiece here
 def test_deploy_with_prefect_auth_or_loud_opt_out(prefect_with_auth: str) -> None:
     tag = uuid.uuid4().hex[:6]
-    good = _deploy(prefect_with_auth, "--pool", f"p-{tag}", "--name", f"d-{tag}", PREFECT_API_AUTH_STRING=PREFECT_AUTH)
+    good = _deploy(prefect_with_auth, "--limit-name", f"l-{tag}", "--limit", "3", PREFECT_API_AUTH_STRING=PREFECT_AUTH)
     assert good.returncode == 0, good.stderr[-3000:]
-    assert f"deployed execute-job/d-{tag}" in good.stdout and "WARNING" not in good.stderr
-    opted_out = _deploy(prefect_with_auth, "--no-prefect-auth", "--pool", f"q-{tag}")
+    assert f"global concurrency limit 'l-{tag}' = 3: ready" in good.stdout and "WARNING" not in good.stderr
+    opted_out = _deploy(prefect_with_auth, "--no-prefect-auth", "--limit-name", f"m-{tag}")
     assert "--no-prefect-auth" in opted_out.stderr and "WARNING" in opted_out.stderr
-    assert opted_out.returncode != 0 and "deployed" not in opted_out.stdout  # the server still says 401
+    assert opted_out.returncode != 0 and "ready" not in opted_out.stdout  # the server still says 401

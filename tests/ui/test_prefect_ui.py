@@ -1,5 +1,9 @@
 """Headless Chromium opens the Prefect UI page of a finished pipeline's flow run and finds every job's task run.
 
+The run's graph (``/flow_runs/{id}/graph-v2``, what the UI's graph canvas draws) has the pipeline's dependency
+edges, and the run's logs, in the API and on the page's Logs tab, hold the jobs' output and no Prefect hook
+bookkeeping lines.
+
 Chromium is Debian's ``chromium`` (``scripts/setup-chromium.sh``), driven over the DevTools protocol with the
 ``websockets`` client that Prefect already depends on: no browser download, no Playwright. The screenshot is
 kept as ``test-artifacts/prefect-ui-flow-run.png`` (taken even when the test fails, to show what was seen).
@@ -42,7 +46,7 @@ FINAL_FLOW_STATES = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 JOBS = [
     {"name": "ui-checkout", "script": ["echo checkout"]},
     {"name": "ui-unit-tests", "script": ["echo unit"], "needs": ["ui-checkout"]},
-    {"name": "ui-lint", "script": ["echo lint"], "needs": ["ui-checkout"]},
+    {"name": "ui-lint", "script": ["echo lint", "exit 1"], "needs": ["ui-checkout"], "allowFailure": True},
     {"name": "ui-package", "script": ["echo package"], "needs": ["ui-unit-tests", "ui-lint"]},
 ]
 # Opens the flow run page's "Task Runs" tab as a person would, by a click (the tab appears only once the UI has
@@ -54,6 +58,16 @@ TASK_RUN_LINKS_JS = """(() => {
     if (tab && !tab.classList.contains('p-tab__active')) tab.click();
     return Array.from(document.querySelectorAll('a[href*="/runs/task-run/"]')).map(
         a => [a.getAttribute('href').split('/runs/task-run/')[1].split(/[?#]/)[0], a.innerText.trim()]);
+})()"""
+
+
+HOOK_LINES = ("Running hook", "finished running successfully")
+# Opens the flow run page's "Logs" tab by a click when it is not the active one; returns the page's text.
+LOGS_TAB_TEXT_JS = """(() => {
+    const tab = Array.from(document.querySelectorAll('[role=tablist] .p-tab'))
+        .find(t => t.innerText.trim() === 'Logs');
+    if (tab && !tab.classList.contains('p-tab__active')) tab.click();
+    return document.body.innerText;
 })()"""
 
 
@@ -175,8 +189,10 @@ def assert_ui_talks_to_this_server() -> None:
         "start the server with PREFECT_UI_API_URL set to its API URL (cli/prefect_server.py)")
 
 
+@pytest.fixture(scope="module")
 def finished_pipeline(backend: Backend, worker: WorkerProcess) -> tuple[dict[str, Any], dict[str, str]]:
-    """Run JOBS as one pipeline to the end; its flow run and task runs ({name: id}), from the Prefect API."""
+    """JOBS run as one pipeline to the end, once for this module; its flow run and task runs ({name: id}), from
+    the Prefect API."""
     run = backend.create_run(JOBS, name="ui-pipeline")
     answer = httpx.post(f"{worker.url}/api/pipeline/execute",
                         json={"pipelineExecutionId": run["pipelineExecutionId"]}, timeout=60)
@@ -198,10 +214,10 @@ def finished_pipeline(backend: Backend, worker: WorkerProcess) -> tuple[dict[str
     return flow_run, by_name
 
 
-def test_flow_run_page_shows_every_job_task_run(backend: Backend, worker: WorkerProcess,
+def test_flow_run_page_shows_every_job_task_run(finished_pipeline: tuple[dict[str, Any], dict[str, str]],
                                                 browser_page: DevToolsPage) -> None:
     assert_ui_talks_to_this_server()
-    flow_run, task_runs = finished_pipeline(backend, worker)
+    flow_run, task_runs = finished_pipeline
     url = f"{ui_url()}/runs/flow-run/{flow_run['id']}"
     expected = {task_run_id: name for name, task_run_id in task_runs.items()}
     shown: dict[str, str] = {}
@@ -219,3 +235,47 @@ def test_flow_run_page_shows_every_job_task_run(backend: Backend, worker: Worker
         browser_page.screenshot(SCREENSHOT)
     page_text = browser_page.evaluate("document.body.innerText")
     assert flow_run["name"] in page_text, f"no flow run name {flow_run['name']!r} on the page: {page_text[:500]!r}"
+    # The allowed failure (ui-lint) is marked by its state's name, not shown as a plain "Completed".
+    assert page_text.count("AllowedFailure") == 1 and page_text.count("Completed") >= 3, page_text[-1500:]
+
+
+def graph_parents(flow_run_id: str) -> dict[str, set[str]]:
+    """{task run name: names of its parents} in the flow run's graph, as the UI's graph endpoint gives it."""
+    graph = httpx.get(f"{api_url()}/flow_runs/{flow_run_id}/graph-v2", timeout=10).json()
+    nodes = {node_id: node for node_id, node in graph["nodes"]}
+    return {node["label"]: {nodes[parent["id"]]["label"] for parent in node["parents"]} for node in nodes.values()}
+
+
+def api_log_messages(flow_run_id: str) -> list[str]:
+    """The flow run's log messages (its task runs' included) once the flow's last one has reached the API."""
+    def delivered() -> list[str] | None:
+        logs = httpx.post(f"{api_url()}/logs/filter", timeout=10,
+                          json={"logs": {"flow_run_id": {"any_": [flow_run_id]}}}).json()
+        messages = [entry["message"] for entry in logs]
+        return messages if any("Finished in state" in message for message in messages) else None
+    found: list[str] = wait_for(delivered, 30, 0.3, f"the last log of flow run {flow_run_id} in the Prefect API")
+    return found
+
+
+def test_flow_run_graph_has_the_edges_and_logs_read_like_a_ci_log(
+        finished_pipeline: tuple[dict[str, Any], dict[str, str]], browser_page: DevToolsPage) -> None:
+    assert_ui_talks_to_this_server()
+    flow_run, _ = finished_pipeline
+    assert graph_parents(flow_run["id"]) == {job["name"]: set(job.get("needs", [])) for job in JOBS}
+    messages = api_log_messages(flow_run["id"])
+    assert any("unit" in message for message in messages), messages
+    assert not [m for m in messages if any(line in m for line in HOOK_LINES)], messages
+
+    url = f"{ui_url()}/runs/flow-run/{flow_run['id']}"
+    shown: list[str] = []
+
+    def job_output_shown() -> bool:
+        shown[:] = [browser_page.evaluate(LOGS_TAB_TEXT_JS) or ""]
+        return "echo package" in shown[0]
+
+    browser_page.send("Page.navigate", url=url)
+    try:
+        wait_for(job_output_shown, 45, 0.25, f"the jobs' output on the Logs tab of {url}")
+    finally:
+        browser_page.screenshot(SCREENSHOT.with_name("prefect-ui-flow-run-logs.png"))
+    assert not [line for line in HOOK_LINES if line in shown[0]], shown[0][-2000:]
