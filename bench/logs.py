@@ -1,7 +1,8 @@
 """A job printing 50 MB of lines through a real worker, against plain ``docker run`` measured in the same run.
 
-Run from the repository root: ``.venv/bin/python -m bench.logs [--runs N] [--lines N]``. No pass/fail target: it
-prints the figures, the ratio to the baseline and a breakdown, and fails only when a log arrives
+Run from the repository root: ``.venv/bin/python -m bench.logs [--runs N] [--lines N]``. It prints the
+figures, the ratio to the baseline and a breakdown, the load average and PASS/MISS for the two targets
+(median time ratio <= 1.3x, worker VmHWM growth over the runs <= 30 MiB); it fails only when a log arrives
 incomplete (or a run fails).
 
 The job (image ``cicd-busybox:latest``), 1,000,000 lines of 50 bytes + newline (``--lines`` changes it)::
@@ -391,6 +392,19 @@ def print_timeline(worker: list[WorkerSample], docker: list[DockerSample]) -> No
         print(f"    {label:<66} {fmt(w_value, 7)} {fmt(d_value, 10) if d_value is not None else ''}")
 
 
+RATIO_TARGET = 1.3  # POST -> last line at the backend, against `docker run > /dev/null`
+GROWTH_TARGET_MIB = 30.0  # the worker's VmHWM over the measured runs
+
+
+def print_verdicts(worker: list[WorkerSample], docker: list[DockerSample], hwm_start_kib: int) -> None:
+    w_med, d_med = median([w.last_line_s for w in worker]), median([d.wall_s for d in docker])
+    ratio = w_med / d_med if w_med is not None and d_med else None
+    print(f"\ntargets (load average now {readings.load_average()}; {os.cpu_count()} CPUs)")
+    readings.verdict("  50 MB log, POST -> last line at the backend / docker run", ratio, RATIO_TARGET, "x")
+    readings.verdict("  worker VmHWM growth over the runs", (worker[-1].hwm_after_kib - hwm_start_kib) / 1024,
+                     GROWTH_TARGET_MIB, " MiB")
+
+
 def worker_config(setup: harness.Setup) -> str:
     try:
         config = setup.worker.get("/api/worker/config").json()
@@ -454,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
             print_runs(worker, docker)
             print_summary(worker, docker, hwm_start)
             print_timeline(worker, docker)
+            print_verdicts(worker, docker, hwm_start)
             if args.profile:
                 profile_runs(setup, db, args)
         finally:

@@ -112,11 +112,6 @@ def name_problem(name: str, what: str = "job name") -> str | None:
     return None
 
 
-def job_name_problem(name: str) -> str | None:
-    """Why ``name`` cannot be a job name, or None (see :func:`name_problem`)."""
-    return name_problem(name)
-
-
 @dataclass
 class _Defaults:
     image: str | None = None

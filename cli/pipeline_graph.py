@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
 from cli.pipeline_yaml import Problems, did_you_mean
 from flows.planning import JobNode, PlanningError, build_graph
 
-if TYPE_CHECKING:  # annotations only: the file's jobs are built by cli.pipeline_file, which imports this
-    from cli.pipeline_file import FileJob
+
+class FileJob(Protocol):
+    """What the graph needs of a job of the file (``cli.pipeline_file.FileJob``, which imports this module)."""
+
+    name: str
+    needs: list[str]
+    need_lines: list[int]
+    line: int
+    stage_order: int
+    when: str
 
 
-def nodes(jobs: list[FileJob]) -> list[JobNode]:
+def nodes(jobs: Sequence[FileJob]) -> list[JobNode]:
     """The planner's view of the jobs (ids are the names)."""
     return [JobNode(id=job.name, name=job.name, dependencies=tuple(job.needs), stage_order=job.stage_order,
                     when=job.when) for job in jobs]
@@ -21,7 +30,7 @@ def _shown(name: str) -> str:
     return name if name.isprintable() else repr(name)
 
 
-def check_graph(problems: Problems, jobs: list[FileJob]) -> None:
+def check_graph(problems: Problems, jobs: Sequence[FileJob]) -> None:
     """Record every graph problem: a need at its own line, with a suggestion for a misspelt job name."""
     by_name: dict[str, FileJob] = {}
     for job in jobs:

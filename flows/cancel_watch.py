@@ -54,6 +54,14 @@ class CancelWatch:
     @contextlib.contextmanager
     def watching(self, flow_run_id: UUID | str, records: Callable[[], Iterable[JobRecord]]) -> Iterator[Watched]:
         """Watch ``flow_run_id`` for the ``with`` block; on a cancel from Prefect, set the jobs' switches."""
+        watched = self.add(flow_run_id, records)
+        try:
+            yield watched
+        finally:
+            self.remove(watched)
+
+    def add(self, flow_run_id: UUID | str, records: Callable[[], Iterable[JobRecord]]) -> Watched:
+        """Start watching ``flow_run_id`` (until :meth:`remove`)."""
         flow_run_id = UUID(str(flow_run_id))  # Prefect's runtime gives the id as text, its API answers UUIDs
         watched = Watched(flow_run_id, records)
         with self._lock:
@@ -61,12 +69,12 @@ class CancelWatch:
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._loop, name="cancel-watch", daemon=True)
                 self._thread.start()
-        try:
-            yield watched
-        finally:
-            with self._lock:
-                if self._watched.get(flow_run_id) is watched:
-                    del self._watched[flow_run_id]
+        return watched
+
+    def remove(self, watched: Watched) -> None:
+        with self._lock:
+            if self._watched.get(watched.flow_run_id) is watched:
+                del self._watched[watched.flow_run_id]
 
     def close(self) -> None:
         """Stop the thread (if any) and close its client."""

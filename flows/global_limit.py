@@ -1,9 +1,9 @@
 """Container slots across every pool worker: a Prefect global concurrency limit (GCL).
 
-In a pool flow process (:mod:`flows.pool_run`) each container runs inside one slot of the GCL named by
-``WORKER_CONCURRENCY_LIMIT_NAME``, which the API (at start-up) and ``cicd-worker deploy`` create with
-``WORKER_MAX_CONCURRENT_JOBS`` slots. Elsewhere this is a no-op: the executor's own semaphore is the
-limit of one process.
+In a pool worker (:mod:`flows.pool_run`) each container runs inside one slot of the GCL named by
+``WORKER_CONCURRENCY_LIMIT_NAME`` (the same name on the API host and every pool worker), which the API (at
+start-up) and ``cicd-worker deploy`` create with ``WORKER_MAX_CONCURRENT_JOBS`` slots. Elsewhere this is a
+no-op: the executor's own semaphore is the limit of one process.
 
 Why not ``prefect.concurrency.sync.concurrency``:
 
@@ -15,8 +15,8 @@ Why not ``prefect.concurrency.sync.concurrency``:
   and a freed slot is taken within two seconds. Waiters are not served in order;
 * a lease renewal failure (Prefect briefly unreachable) must not kill a running job. The lease is
   renewed every ``_LEASE_SECONDS / 3``; if renewals fail for a whole lease the server frees the slot early
-  and the limit may be passed for a while. A flow process killed outright holds its slot until its lease
-  runs out (``_LEASE_SECONDS``).
+  and the limit may be passed for a while. A pool worker killed outright holds its slots until their leases
+  run out (``_LEASE_SECONDS``).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class ContainerLimitUnavailable(InfrastructureError):
 
 @contextlib.contextmanager
 def container_slot(cancel: threading.Event, note: Callable[[str], None]) -> Iterator[None]:
-    """Hold one slot of the global limit for the block (pool flow processes only).
+    """Hold one slot of the global limit for the block (pool workers only).
 
     When ``cancel`` is set while waiting, the block runs without a slot: the executor then reports the job
     canceled without starting a container.

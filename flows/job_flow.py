@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -13,11 +14,14 @@ from prefect.states import Cancelled, Failed
 from core.errors import WorkerError
 from core.job_records import JobRecord
 from core.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate
+from core.settings import Settings
+from flows.artifact_upload import artifact_key
 from flows.dependencies import wait_for_dependencies
 from flows.handoff import HandOff
 from flows.job_log import WORKER_PREFIX
-from flows.job_task import job_task, new_job_run
+from flows.job_task import JobRun, job_task, new_job_run, run_attempts
 from flows.pool_run import canceled_before_start, pool_process
+from flows.prefect_mirror import MirroredJob, PrefectMirror
 from flows.reporting import JobReporter
 from flows.services import Services, current
 from flows.workspace import job_workspace_name, workspace
@@ -81,6 +85,13 @@ def execute_job(job_execution_id: str) -> Any:
             return _run_job(job, record, reporter, services)
 
 
+def _in_task(run: JobRun, settings: Settings) -> Any:
+    """The attempts as the run-container task, with Prefect's retries; its final state."""
+    # No tags on the task run: Prefect asks the server for tag concurrency slots before a tagged task
+    # runs, and on a busy SQLite server that costs ~2 s (bench/pipeline.py). The flow run has the tags.
+    return job_task(run, settings)(run, return_state=True)
+
+
 def _fetch_job(job_execution_id: str) -> JobExecutionDTO | None:
     """The job execution from the backend; None (reported ``FAILED`` when the id is one) when it cannot be had."""
     try:
@@ -98,7 +109,30 @@ def _fetch_job(job_execution_id: str) -> JobExecutionDTO | None:
         return None
 
 
-def _run_job(job: JobExecutionDTO, record: JobRecord, reporter: JobReporter, services: Services) -> Any:
+def run_job_directly(job: JobExecutionDTO, record: JobRecord, services: Services, mirror: PrefectMirror,
+                     mirrored: MirroredJob) -> None:
+    """Run one job in this thread now, without Prefect's flow and task engines: its Prefect record
+    (``mirrored``, begun by the caller) is written by ``mirror`` in the background, so a slow or absent
+    Prefect never holds the job back. Same steps, body and retry rule as the ``execute-job`` flow."""
+    reporter = JobReporter(job, record, services.outbox, services.inflight, services.settings)
+
+    def publish(job_execution_id: str, name: str, rows: list[dict[str, object]]) -> None:
+        if rows:
+            mirror.artifacts(mirrored, artifact_key(name, "artifacts"), rows, f"Artifacts uploaded by job {name}")
+
+    def attempts(run: JobRun) -> None:
+        run_attempts(run, services.settings.retry_delay_seconds, lambda attempt: mirror.retrying(mirrored, attempt),
+                     lambda: mirrored.logger, publish)
+
+    try:
+        _run_job(job, record, reporter, services, attempts)
+    finally:
+        mirror.finish(mirrored, record.status, record.message)
+
+
+def _run_job(job: JobExecutionDTO, record: JobRecord, reporter: JobReporter, services: Services,
+             run_attempts: Callable[[JobRun], Any] | None = None) -> Any:
+    """Dependencies, workspace, then the attempts: by default the run-container task (Prefect's engine)."""
     settings, backend = services.settings, services.backend
     try:
         blocked = wait_for_dependencies(job.id, backend, reporter.log, record.cancel,
@@ -115,11 +149,10 @@ def _run_job(job: JobExecutionDTO, record: JobRecord, reporter: JobReporter, ser
     labels = {"cicd.job-execution-id": str(job.id)}
     with workspace(job_workspace_name(str(job.id)), labels) as volume:
         run = new_job_run(job, reporter, settings, workspace_volume=volume)
-        # No tags on the task run: Prefect asks the server for tag concurrency slots before a tagged task
-        # runs, and on a busy SQLite server that costs ~2 s (bench/pipeline.py). The flow run has the tags.
-        state = job_task(run, settings)(run, return_state=True)
-    if not reporter.final_sent:  # a hook that crashed must not leave the backend waiting
-        reporter.final(ExecutionStatus.FAILED, message=f"task ended {state.name} without a report")
+        state = run_attempts(run) if run_attempts is not None else _in_task(run, settings)
+    if not reporter.final_sent:  # an error outside the attempt must not leave the backend waiting
+        ended = f"task ended {state.name}" if state is not None else "job ended"
+        reporter.final(ExecutionStatus.FAILED, message=f"{ended} without a report")
     if record.status is ExecutionStatus.CANCELED:
         return Cancelled(message="job canceled")
     return state

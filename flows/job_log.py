@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 WORKER_PREFIX = "[cicd-worker]"
 _PREFECT_RECORD_BYTES = 65536  # one Prefect log record holds about this much (the API refuses records over 1 MB)
 _PREFECT_BATCH_SECONDS = 1.0
+_PENDING_CHUNKS = 8  # with a shipper, the lines not yet taken stay under this many chunks: the reader waits
+_PENDING_WAIT_SECONDS = 1.0  # a shipper that takes nothing for this long is not waited for any more
 _PREFECT_LIMIT_NOTE = f"{WORKER_PREFIX} further output not sent to Prefect (limit reached); the backend has it"
 
 Listener = Callable[[list[str]], None]
@@ -68,6 +70,8 @@ class JobLog:
         self._chunk_offset = 0
         self._chunk_seq = 0
         self.chunk_full = threading.Event()
+        self._taken = threading.Condition(self._lock)
+        self._shipping = False
         self._listeners: list[Listener] = []
 
     def mask(self, text: str) -> str:
@@ -122,6 +126,24 @@ class JobLog:
                 self._forward_locked(lines, len(data))
             if self._listeners:
                 self._tell_locked(lines)
+            self._wait_for_shipper_locked()
+
+    def ship_in_chunks(self, shipping: bool = True) -> None:
+        """Say that a shipper takes chunks (``LogShipper`` while it runs) or no longer does.
+
+        While one does, a thread adding lines waits when more than ``8 * chunk_bytes`` are waiting to be
+        taken: the job's output is held back in its pipe rather than piling up here (a job prints faster than
+        chunks are stored). A shipper that takes nothing for a second is not waited for.
+        """
+        with self._lock:
+            self._shipping = shipping
+            self._taken.notify_all()
+
+    def _wait_for_shipper_locked(self) -> None:
+        while self._shipping and self._chunk_size > _PENDING_CHUNKS * self.chunk_bytes:
+            self.chunk_full.set()
+            if not self._taken.wait(_PENDING_WAIT_SECONDS):
+                return
 
     def _add_locked(self, lines: list[str], size: int) -> None:
         self.total_bytes += size
@@ -186,6 +208,7 @@ class JobLog:
             self._chunk_size -= size
             if self._chunk_size >= self.chunk_bytes:
                 self.chunk_full.set()
+            self._taken.notify_all()
             return taken
 
     def flush(self) -> None:

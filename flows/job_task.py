@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import posixpath
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -91,21 +92,30 @@ def new_job_run(job: JobExecutionDTO, reporter: JobReporter, settings: Settings,
 
 @task(name="run-container", cache_policy=NO_CACHE, persist_result=False)
 def run_container(run: JobRun) -> Any:
-    """Run the job's container once; raise on failure so that Prefect's retry rule applies.
+    """Run the job's container once; raise on failure so that Prefect's retry rule applies."""
+    context = TaskRunContext.get()
+    attempt = context.task_run.run_count if context else 1
+    return _final_state(one_attempt(run, attempt, get_run_logger(), publish_artifact_table))
+
+
+Publish = Callable[[str, str, list[dict[str, object]]], None]
+
+
+def one_attempt(run: JobRun, attempt: int, logger: Any, publish: Publish) -> dict[str, Any]:
+    """One attempt at the job, reported: the task's body, and the direct path's (:func:`run_attempts`).
 
     The statuses are reported from here, not from state hooks: ``RUNNING`` as the attempt starts and the
     final status the moment the attempt's outcome is known (a failure that will not be retried included),
-    so the backend never waits for Prefect's state writes.
+    so the backend never waits for Prefect's state writes. ``logger`` gets the job's lines (Prefect's run
+    log; None for none), ``publish`` the table of uploaded artifacts.
     """
-    context = TaskRunContext.get()
-    attempt = context.task_run.run_count if context else 1
     if attempt > 1:
         run.log.note(f"attempt {attempt} of {run.retries + 1}")
     run.reporter.running(attempt)
     try:
-        summary = _attempt(run)
+        summary = _attempt(run, logger, publish)
     except Exception as exc:
-        if attempt <= run.retries and _retryable(run, exc):
+        if will_retry(run, exc, attempt):
             run.log.note(f"attempt {attempt} failed; retrying")
             metrics.RETRIES.labels("script" if isinstance(exc, JobFailure) else "infrastructure").inc()
         else:
@@ -117,13 +127,30 @@ def run_container(run: JobRun) -> Any:
         run.reporter.final(ExecutionStatus.CANCELED, exit_code=summary["exitCode"], message="canceled")
     else:
         run.reporter.final(ExecutionStatus.SUCCESS, exit_code=summary["exitCode"])
-    return _final_state(summary)
+    return summary
 
 
-def _attempt(run: JobRun) -> dict[str, Any]:
+def run_attempts(run: JobRun, retry_delay_seconds: float, on_retry: Callable[[int], None],
+                 logger: Callable[[], Any], publish: Publish) -> None:
+    """Every attempt of the job without Prefect's task engine (the direct path): the same body and retry
+    rule as the task, the wait between attempts cut short by a cancel. The last failure is reported, not
+    raised."""
+    for attempt in range(1, run.retries + 2):
+        if attempt > 1:
+            on_retry(attempt)
+        try:
+            one_attempt(run, attempt, logger(), publish)
+            return
+        except Exception as exc:
+            if not will_retry(run, exc, attempt):
+                return
+        run.cancel.wait(retry_delay_seconds)
+
+
+def _attempt(run: JobRun, logger: Any, publish: Publish) -> dict[str, Any]:
     """One container run, its artifacts delivered, judged."""
     run.result = None
-    run.log.forward_to(get_run_logger())
+    run.log.forward_to(logger)
     metrics.RUNNING_CONTAINERS.inc()
     try:
         with container_slot(run.cancel, run.log.note):  # across pool workers; a no-op in-process
@@ -143,7 +170,7 @@ def _attempt(run: JobRun) -> dict[str, Any]:
         raise
     finally:
         discard(result.artifacts)
-    publish_artifact_table(str(run.job.id), run.job.job.name, rows)
+    publish(str(run.job.id), run.job.job.name, rows)
     return _judge(run, result)
 
 
@@ -177,6 +204,11 @@ def _final_state(summary: dict[str, Any]) -> Any:
     if not reason:
         return summary
     return Completed(name="AllowedFailure", message=f"allowed to fail: {reason}", data=summary)
+
+
+def will_retry(run: JobRun, exc: BaseException, attempt: int) -> bool:
+    """Whether a failed attempt is tried again: attempts left and the retry rule says so."""
+    return attempt <= run.retries and _retryable(run, exc)
 
 
 def _retryable(run: JobRun, exc: BaseException) -> bool:

@@ -34,25 +34,29 @@ class LogShipper:
 
     def start(self) -> LogShipper:
         self._thread.start()
+        self.log.ship_in_chunks()
         return self
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self.log.chunk_full.wait(self.interval)
-            self._ship_pending()
+            self.log.chunk_full.wait(self.interval)  # set again at once while a whole chunk is still waiting
+            self._ship(self.log.take_chunk())
 
-    def _ship_pending(self) -> None:
-        while (chunk := self.log.take_chunk()) is not None:
-            seq, offset, lines = chunk
-            try:
-                self.outbox.put_chunk(LogChunk(job_execution_id=self._id, seq=seq, offset=offset, lines=lines))
-            except Exception as exc:  # the disk failed; the final status still carries the log tail
-                log.error("live log chunk %d of job %s lost: %s", seq, self.job_execution_id, exc)
+    def _ship(self, chunk: tuple[int, int, list[str]] | None) -> None:
+        if chunk is None:
+            return
+        seq, offset, lines = chunk
+        try:
+            self.outbox.put_chunk(LogChunk(job_execution_id=self._id, seq=seq, offset=offset, lines=lines))
+        except Exception as exc:  # the disk failed; the final status still carries the log tail
+            log.error("live log chunk %d of job %s lost: %s", seq, self.job_execution_id, exc)
 
     def close(self) -> None:
         """Stop the thread and ship whatever is left, so that chunks precede the final status."""
         self._stop.set()
+        self.log.ship_in_chunks(False)
         self.log.chunk_full.set()
         if self._thread.is_alive():
             self._thread.join()
-        self._ship_pending()
+        while (chunk := self.log.take_chunk()) is not None:
+            self._ship(chunk)

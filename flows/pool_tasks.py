@@ -38,6 +38,7 @@ import signal
 import threading
 from typing import Any, Literal
 
+import anyio
 from prefect import Flow, Task, task
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import FlowRun, TaskRun
@@ -55,7 +56,6 @@ from flows.services import current
 log = logging.getLogger(__name__)
 
 Kind = Literal["job", "pipeline"]
-_STOP_SECONDS = 60.0  # on SIGTERM: how long the canceled jobs may take to stop and report
 
 
 def _run_own_flow_run(flow: Flow) -> None:
@@ -109,6 +109,12 @@ class PoolTaskWorker(TaskWorker):
         self.tasks = tasks  # TaskWorker served copies with result persistence turned on
         self.serving: asyncio.Task[None] | None = None
         self.stop_requested = threading.Event()
+
+    async def _safe_submit_scheduled_task_run(self, task_run: TaskRun) -> None:
+        # Shielded: stopping cancels the subscription (no run is taken any more) but lets each run already
+        # taken finish (its jobs canceled) instead of abandoning its thread with an error.
+        with anyio.CancelScope(shield=True):
+            await super()._safe_submit_scheduled_task_run(task_run)
 
     def handle_sigterm(self, signum: int, frame: object) -> None:
         """Stop taking task runs and cancel the running jobs (containers stopped, ``CANCELED`` reported)."""

@@ -50,7 +50,7 @@ _ENGINE_MODULES = {"test_docker_executor.py", "test_local_run.py"}  # they drive
 _PREFECT_FREE_MODULES = {"test_backend_client.py", "test_models.py", "test_backend.py", "test_planning.py",
                          "test_output.py", "test_artifact_patterns.py", "test_tar_stream.py", "test_script.py",
                          "test_dummy_executor.py", "test_secrets.py", "test_delivery.py",
-                         "test_pipeline_language.py", "test_scheduler_when.py"}
+                         "test_pipeline_language.py", "test_scheduler_when.py", "test_job_log.py"}
 
 
 def _prefect_free(item: pytest.Item) -> bool:

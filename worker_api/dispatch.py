@@ -1,14 +1,17 @@
-"""Turning accepted requests into Prefect flow runs executed in this process.
+"""Running accepted jobs and pipeline runs in this process.
 
-The flow run is created first (state Pending) so that its id can be answered at once, then run by
-``prefect.flow_engine.run_flow`` on a dedicated thread pool (docs/prefect-behaviours.md, "Running flow
-runs from the API process"). The container limit is enforced by the executor, not by this pool: flows
-waiting for dependencies hold no container slot.
+A job starts at once on a dedicated thread pool, without Prefect's engines (``flows.job_flow.run_job_directly``);
+its Prefect flow run and task run are written in the background by ``flows.prefect_mirror``, and the answer
+waits up to ``FLOW_RUN_ID_WAIT_SECONDS`` for the flow run's id. A pipeline run's flow run is created first
+(state Pending) so that its id can be answered at once, then run by ``prefect.flow_engine.run_flow`` on the
+same pool (docs/prefect-behaviours.md, "Running flow runs from the API process"). The container limit is
+enforced by the executor, not by this pool: jobs waiting for dependencies hold no container slot.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from uuid import UUID
@@ -20,7 +23,14 @@ from prefect.flow_engine import run_flow
 
 from core.job_records import JobRecord
 from core.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate, JobView
-from flows.job_flow import drop_handed_over_job, execute_job, hand_over_job, job_run_name, job_tags
+from flows.job_flow import (
+    drop_handed_over_job,
+    execute_job,
+    hand_over_job,
+    job_run_name,
+    job_tags,
+    run_job_directly,
+)
 from flows.job_log import WORKER_PREFIX
 from flows.pipeline_flow import (
     PipelineStart,
@@ -30,11 +40,16 @@ from flows.pipeline_flow import (
     pipeline_run_name,
 )
 from flows.pipeline_plan import PipelineRun
+from flows.prefect_mirror import PrefectMirror
 from flows.services import Services
 from worker_api.dispatcher import Dispatcher
 from worker_api.flow_runs import FlowRunFactory
 
 log = logging.getLogger(__name__)
+
+# How long an accepted job's answer waits for its flow run's id (the job does not wait): past it the answer
+# has no flowRunId and the record gets it once Prefect answers.
+FLOW_RUN_ID_WAIT_SECONDS = 10.0
 
 
 def _enter_client_context() -> None:
@@ -43,7 +58,10 @@ def _enter_client_context() -> None:
     The flow and task engines use the thread's SyncClientContext when there is one; without it each flow
     run builds a client: an SSL context from certifi's bundle (20-80 ms) and a CSRF probe.
     """
-    SyncClientContext().__enter__()
+    try:
+        SyncClientContext().__enter__()
+    except Exception as exc:  # Prefect down: the engines build a client per run; an initializer must not raise
+        log.warning("no shared Prefect client for this flow thread: %s", exc)
 
 
 class FlowDispatcher(Dispatcher):
@@ -56,7 +74,20 @@ class FlowDispatcher(Dispatcher):
         super().__init__(services, services.registry)
         self._pool = ThreadPoolExecutor(max_workers=max_flows, thread_name_prefix="flow",
                                         initializer=_enter_client_context)
+        self._job_pool = ThreadPoolExecutor(max_workers=max_flows, thread_name_prefix="job")  # no Prefect needed
         self._flow_runs = FlowRunFactory()
+        self._mirror = PrefectMirror(execute_job, services.cancel_watch)
+
+    def _start_job(self, job: JobExecutionDTO, record: JobRecord) -> None:
+        """Start the job now on a flow thread; its Prefect record follows in the background
+        (:mod:`flows.prefect_mirror`). The answer waits a little for the flow run's id, never the job."""
+        self._job_accepted(job, record)
+        mirrored = self._mirror.begin(record, job_run_name(job), {"job_execution_id": str(job.id)}, job_tags(job))
+        self._job_pool.submit(self._run_guarded, f"job {job.id}", record,
+                          lambda: run_job_directly(job, record, self.services, self._mirror, mirrored))
+        if mirrored.created.wait(FLOW_RUN_ID_WAIT_SECONDS) and mirrored.flow_run_id is not None:
+            record.save()  # with its flow run id: a re-send after a restart is answered with it
+        record.dispatched.set()
 
     def _claim_job(self, job: JobExecutionDTO) -> tuple[JobRecord, bool]:
         self._jobs.prune()
@@ -92,12 +123,19 @@ class FlowDispatcher(Dispatcher):
         self._pool.submit(self._run, flow, flow_run, params, record)
 
     def _run(self, flow: Flow, flow_run: FlowRun, params: dict[str, Any], record: JobRecord | None) -> None:
-        try:
+        def run() -> str:
             state: Any = run_flow(flow, flow_run=flow_run, parameters=params, return_type="state")
-            outcome = f"flow run ended {state.name}: {state.message}"
+            return f"flow run ended {state.name}: {state.message}"
+
+        self._run_guarded(f"flow run {flow_run.id} ({flow.name})", record, run)
+
+    def _run_guarded(self, what: str, record: JobRecord | None, run: Callable[[], str | None]) -> None:
+        """``run()`` on this thread; a job left without a final status is reported ``FAILED`` with why."""
+        try:
+            outcome = run() or "job ended"
         except BaseException as exc:  # noqa: BLE001 - a thread must never die silently
-            log.exception("flow run %s (%s) crashed", flow_run.id, flow.name)
-            outcome = f"flow run crashed: {exc}"
+            log.exception("%s crashed", what)
+            outcome = f"{what} crashed: {exc}"
         if record is not None and not record.status.is_final:
             self._report_unfinished(record, outcome)
 
@@ -127,4 +165,6 @@ class FlowDispatcher(Dispatcher):
 
     def shutdown(self, wait: bool = False) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=True)
+        self._job_pool.shutdown(wait=wait, cancel_futures=True)
+        self._mirror.close()
         self._flow_runs.close()

@@ -102,6 +102,11 @@ class Dispatcher(ABC):
         if not created:
             record.dispatched.wait(DISPATCH_WAIT_SECONDS)
             return record, False
+        self._start_job(job, record)
+        return record, True
+
+    def _start_job(self, job: JobExecutionDTO, record: JobRecord) -> None:
+        """Create the job's flow run, then start it; the claim is forgotten when creating fails."""
         # Ids only as parameters (the Prefect API shows them): the job's env never goes to Prefect.
         params = {"job_execution_id": str(job.id)}
         try:
@@ -113,7 +118,6 @@ class Dispatcher(ABC):
         self._job_accepted(job, record)
         record.dispatched.set()
         self._launch(execute_job, flow_run, params, record)
-        return record, True
 
     def submit_pipeline(self, pipeline_execution_id: UUID) -> tuple[PipelineRecord, bool]:
         """Fetch and plan (raising ``PlanningError`` for an invalid run), then start its flow run.

@@ -166,7 +166,8 @@ def test_invalid_files_exit_2_with_sorted_lines(kind: str, command: str, tmp_pat
     code, out, err = cli(tmp_path, text, command, capsys=capsys)
     assert code == 2, out + err
     lines = err.splitlines()
-    assert len(lines) == len(expected) and all(line.startswith(start) for line, start in zip(lines, expected)), err
+    assert len(lines) == len(expected), err
+    assert all(line.startswith(start) for line, start in zip(lines, expected, strict=True)), err
     assert "Traceback" not in err and not (tmp_path / ".cicd").exists()
 
 

@@ -19,7 +19,8 @@ stages:
         script: ["echo main", "false"]
         after_script: ["echo after-ran", "exit 9"]
       - name: vars
-        script: ["echo job=$CI_JOB_NAME stage=$CI_JOB_STAGE ci=$CI dir=$CI_PROJECT_DIR g=$GREETING t=$API_TOKEN e=$FROM_ENV"]
+        script:
+          - echo job=$CI_JOB_NAME stage=$CI_JOB_STAGE ci=$CI dir=$CI_PROJECT_DIR g=$GREETING t=$API_TOKEN e=$FROM_ENV
   - name: after
     jobs:
       - {name: on-fail, when: on_failure, script: ["echo cleanup-on-failure"]}

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
+import struct
 import time
 
 import pytest
 
-from executors.output import LineSplitter
+from executors.output import FrameReader, LineSplitter
 
 
 def split(data: bytes, max_chars: int, chunk: int) -> list[str]:
@@ -59,3 +60,37 @@ def test_a_64_mib_line_without_newline_costs_well_under_a_second() -> None:
     print(f"64 MiB without newline: {spent:.3f} s CPU")
     assert lines == [65536] * 1024
     assert spent < 1.0  # the old splitter re-copied the pending bytes on every chunk: 107 s
+
+
+def frames(*payloads: bytes) -> bytes:
+    return b"".join(struct.pack(">BxxxL", 1 + i % 2, len(p)) + p for i, p in enumerate(payloads))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_frame_reader_joins_the_payloads_however_the_stream_is_cut(seed: int) -> None:
+    rng = random.Random(seed)
+    payloads = [rng.randbytes(rng.randint(0, 300)) for _ in range(rng.randint(0, 50))]
+    stream = frames(*payloads)
+    reader = FrameReader()
+    cuts = sorted(rng.sample(range(len(stream) + 1), min(len(stream) + 1, rng.randint(0, 30))))
+    got = b"".join(reader.payload(stream[a:b]) for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True))
+    assert got == b"".join(payloads)
+
+
+def test_a_batch_sink_gets_one_call_per_block() -> None:
+    class Batches:
+        def __init__(self) -> None:
+            self.calls: list[list[str]] = []
+
+        def __call__(self, line: str) -> None:
+            self.calls.append([line])
+
+        def lines(self, lines: list[str]) -> None:
+            self.calls.append(lines)
+
+    sink = Batches()
+    splitter = LineSplitter(sink, 65536)
+    splitter.feed(b"one\ntwo\nthr")
+    splitter.feed(b"ee\nfour")
+    splitter.close()
+    assert sink.calls == [["one", "two"], ["three"], ["four"]]

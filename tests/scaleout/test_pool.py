@@ -266,7 +266,8 @@ def test_cancel_in_pool_mode_after_the_flow_started(scaleout: ScaleOut, backend:
 def test_cancel_before_start_is_reported_once_and_never_run(scaleout: ScaleOut, backend: Backend,
                                                             docker_client: docker.DockerClient,
                                                             tmp_path: Path) -> None:
-    """A pool with no worker yet: the API cancels the queued run and reports it; a worker arriving later skips it."""
+    """A pool with no worker yet: the API cancels the queued run and reports it; a worker arriving later skips it.
+    That worker then takes a long job and is stopped (SIGTERM) under it: the job is canceled and reported once."""
     pool = f"cicd-test-idle-{uuid.uuid4().hex[:8]}"
     common = {**worker_env(backend), "PREFECT_API_URL": scaleout.prefect_api_url, "PREFECT_API_AUTH_STRING": AUTH,
               "WORKER_CONCURRENCY_LIMIT_NAME": scaleout.limit_name}
@@ -275,7 +276,9 @@ def test_cancel_before_start_is_reported_once_and_never_run(scaleout: ScaleOut, 
                         ARTIFACT_DIR / "worker-pool-api-idle.log")
     late = PoolWorker(pool, "late", {**os.environ, **common, "WORKER_ID": WORKER_ID, "WORKER_PULL_POLICY": "never",
                                      "WORKER_STATE_DIR": str(tmp_path / "late")}, ARTIFACT_DIR / "pool-worker-late.log")
-    queued_id = backend.create_run([{"name": "queued", "script": ["echo never-run"]}])["jobs"]["queued"]
+    jobs = backend.create_run([{"name": "queued", "script": ["echo never-run"]},
+                               {"name": "long", "script": ["sleep 120"]}])["jobs"]
+    queued_id, long_id = jobs["queued"], jobs["long"]
     try:
         api.start()
         answer = backend.push_job(queued_id, api.url).json()
@@ -287,11 +290,17 @@ def test_cancel_before_start_is_reported_once_and_never_run(scaleout: ScaleOut, 
         wait_for(lambda: _subscribed(scaleout.prefect_api_url, pool) == 1, 60, 0.5, "the late pool worker subscribed")
         wait_for(lambda: "is already Cancelled: not run" in late.log_path.read_text(), 30, 0.2,
                  "the late worker took the queued task run and skipped it")
+        assert backend.push_job(long_id, api.url).json()["statusCode"] == 202
+        wait_for(lambda: docker_client.containers.list(filters={"label": f"cicd.job-execution-id={long_id}"}), 60,
+                 0.2, "the long job's container running on the late worker")
+        assert late.stop() == 0
     finally:
         api.stop()
-        assert late.stop() in (0, None)
+        late.stop()
     assert statuses(backend.job(queued_id)) == ["CANCELED"] and backend.job(queued_id)["violations"] == []
-    assert not docker_client.containers.list(all=True, filters={"label": f"cicd.job-execution-id={queued_id}"})
+    assert statuses(backend.job(long_id)) == ["RUNNING", "CANCELED"] and backend.job(long_id)["violations"] == []
+    for job_id in (queued_id, long_id):
+        assert not docker_client.containers.list(all=True, filters={"label": f"cicd.job-execution-id={job_id}"})
 
 
 def test_pipeline_in_pool_mode_runs_in_dependency_order(scaleout: ScaleOut, backend: Backend) -> None:
