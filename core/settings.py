@@ -33,9 +33,8 @@ class Settings(BaseSettings):
     insecure: bool = Field(default=False, description="allow listening beyond loopback without a token (loud)")
     max_concurrent_jobs: int = Field(default=4, ge=1, description="containers at once, whole process")
     dispatch: Literal["local", "pool"] = Field(
-        default="local", description="local: flows run in this process; pool: submitted to the Prefect work pool")
-    work_pool: str = Field(default="cicd-pool", description="Prefect work pool of the deployments (pool dispatch)")
-    deployment_name: str = Field(default="cicd", description="deployments: execute-job/<this>, execute-pipeline/<this>")
+        default="local", description="local: jobs run in this process; pool: by `cicd-worker pool-worker` processes")
+    work_pool: str = Field(default="cicd-pool", description="pool of pool mode (`cicd-worker pool-worker --pool`)")
     concurrency_limit_name: str = Field(
         default="cicd-containers", description="Prefect global concurrency limit: containers at once, all pool workers")
     max_retries: int = Field(default=2, ge=0, description="retries of infrastructure failures per job")

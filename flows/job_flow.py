@@ -20,7 +20,7 @@ from flows.dependencies import wait_for_dependencies
 from flows.handoff import HandOff
 from flows.job_log import WORKER_PREFIX
 from flows.job_task import JobRun, job_task, new_job_run, run_attempts
-from flows.pool_run import canceled_before_start, pool_process
+from flows.pool_run import canceled_before_start
 from flows.prefect_mirror import MirroredJob, PrefectMirror
 from flows.reporting import JobReporter
 from flows.services import Services, current
@@ -71,18 +71,17 @@ def execute_job(job_execution_id: str) -> Any:
     """
     if canceled_before_start():
         return Cancelled(message="canceled through the worker API before the flow started")
-    with pool_process():  # a no-op unless a pool worker started this run
-        job = _handed_over.take(job_execution_id)
-        if job is None:
-            job = _fetch_job(job_execution_id)
-        if job is None:
-            return Failed(message=f"job execution {job_execution_id} could not be fetched from the backend")
-        services = current()
-        record, _ = services.registry.claim(job.id, job.job.name, job.pipeline_execution_id)
-        record.flow_run_id = record.flow_run_id or runtime_flow_run.id
-        reporter = JobReporter(job, record, services.outbox, services.inflight, services.settings)
-        with services.cancel_watch.watching(runtime_flow_run.id, lambda: [record]):
-            return _run_job(job, record, reporter, services)
+    job = _handed_over.take(job_execution_id)
+    if job is None:
+        job = _fetch_job(job_execution_id)
+    if job is None:
+        return Failed(message=f"job execution {job_execution_id} could not be fetched from the backend")
+    services = current()
+    record, _ = services.registry.claim(job.id, job.job.name, job.pipeline_execution_id)
+    record.flow_run_id = record.flow_run_id or runtime_flow_run.id
+    reporter = JobReporter(job, record, services.outbox, services.inflight, services.settings)
+    with services.cancel_watch.watching(runtime_flow_run.id, lambda: [record]):
+        return _run_job(job, record, reporter, services)
 
 
 def _in_task(run: JobRun, settings: Settings) -> Any:
@@ -122,7 +121,7 @@ def run_job_directly(job: JobExecutionDTO, record: JobRecord, services: Services
 
     def attempts(run: JobRun) -> None:
         run_attempts(run, services.settings.retry_delay_seconds, lambda attempt: mirror.retrying(mirrored, attempt),
-                     lambda: mirrored.logger, publish)
+                     lambda: mirrored.late_logger, publish)
 
     try:
         _run_job(job, record, reporter, services, attempts)

@@ -26,7 +26,6 @@ from flows.handoff import HandOff
 from flows.job_task import JobRun, job_task, new_job_run
 from flows.pipeline_plan import PipelineRun, load_pipeline
 from flows.planning import Outcome, Scheduler, upstream
-from flows.pool_run import pool_process
 from flows.reporting import JobReporter
 from flows.services import Services, current
 from flows.workspace import pipeline_workspace_name, workspace
@@ -151,9 +150,8 @@ def execute_pipeline(pipeline_execution_id: str) -> Any:
     Only the id is a parameter: the planned run is the one handed over in this process, else it is fetched
     from the backend and planned; the workspace is seeded only when this process handed over a directory.
     """
-    with pool_process():  # a no-op unless a pool worker started this run
-        start = _handed_over.take(pipeline_execution_id) or PipelineStart()
-        return _execute_pipeline(pipeline_execution_id, start)
+    start = _handed_over.take(pipeline_execution_id) or PipelineStart()
+    return _execute_pipeline(pipeline_execution_id, start)
 
 
 def _execute_pipeline(pipeline_execution_id: str, start: PipelineStart) -> Any:

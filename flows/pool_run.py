@@ -17,11 +17,9 @@ What that process sets up once, here (:func:`start_pool_process`):
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -59,12 +57,6 @@ def canceled_before_start() -> bool:
     with get_client(sync_client=True) as client:
         states = client.read_flow_run_states(flow_run.id)
     return any(state.type == StateType.CANCELLED for state in states)
-
-
-@contextlib.contextmanager
-def pool_process() -> Iterator[None]:
-    """Wrap a flow body. Nothing to do per run: :func:`start_pool_process` set the pool worker up once."""
-    yield
 
 
 def start_pool_process(settings: Settings, worker_name: str) -> Services:

@@ -57,6 +57,43 @@ class MirroredJob:
     broken: bool = False  # the flow run could not be created: nothing more is written
     watched: Watched | None = None
     logger: logging.LoggerAdapter[Any] | None = None  # the task run's Prefect logger, once the flow run exists
+    late_logger: LateLogger = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.late_logger = LateLogger(self)
+
+
+class LateLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """What a job's lines are forwarded to: the task run's Prefect logger once its flow run exists; the
+    records before that are held (at most ``max_held``, about 64 KiB each) and sent first."""
+
+    def __init__(self, job: MirroredJob, max_held: int = 32) -> None:
+        super().__init__(logging.getLogger("prefect.task_runs"), {})
+        self._job = job
+        self._held: list[str] = []
+        self._max_held = max_held
+        self._lock = threading.Lock()
+
+    def info(self, msg: object, *args: object, **kwargs: Any) -> None:
+        with self._lock:
+            target = self._job.logger
+            if target is None:
+                if len(self._held) < self._max_held:
+                    self._held.append(str(msg))
+                return
+            self._send_held(target)
+        target.info(msg, *args, **kwargs)
+
+    def flush(self) -> None:
+        """Send what was held (the mirror calls it once the flow run exists)."""
+        with self._lock:
+            if self._job.logger is not None:
+                self._send_held(self._job.logger)
+
+    def _send_held(self, target: logging.LoggerAdapter[Any]) -> None:
+        for held in self._held:
+            target.info(held)
+        self._held.clear()
 
 
 @dataclass
@@ -141,6 +178,7 @@ class PrefectMirror:
                                  task_key=TASK_NAME, dynamic_key=str(job.task_run_id),
                                  empirical_policy=TaskRunPolicy(), state=to_state_create(Running()))
             client.request("POST", "/task_runs/", json=body.model_dump(mode="json"))
+            job.late_logger.flush()  # the lines held until now, on the task run that exists now
 
         return create
 

@@ -24,9 +24,7 @@ from prefect.flow_engine import run_flow
 from core.job_records import JobRecord
 from core.models import ExecutionStatus, JobExecutionDTO, JobStatusUpdate, JobView
 from flows.job_flow import (
-    drop_handed_over_job,
     execute_job,
-    hand_over_job,
     job_run_name,
     job_tags,
     run_job_directly,
@@ -96,19 +94,11 @@ class FlowDispatcher(Dispatcher):
     def _check_room(self, jobs: int) -> None:
         self._room(jobs)(self._jobs.unfinished())
 
-    def _create_job_run(self, job: JobExecutionDTO, params: dict[str, Any]) -> FlowRun:
-        hand_over_job(job)  # the job execution, env included, is handed over in this process
-        return self._flow_runs.create(execute_job, params, job_run_name(job), job_tags(job))
-
     def _create_pipeline_run(self, planned: PipelineRun, params: dict[str, Any]) -> FlowRun:
         pipeline_execution_id = planned.pipeline_execution_id
         hand_over_pipeline(pipeline_execution_id, PipelineStart(planned=planned))  # planned once, here
         return self._flow_runs.create(execute_pipeline, params, pipeline_run_name(pipeline_execution_id),
                                       ["cicd-pipeline", f"pipeline:{pipeline_execution_id}"])
-
-    def _forget_job(self, job_execution_id: UUID) -> None:
-        drop_handed_over_job(job_execution_id)
-        super()._forget_job(job_execution_id)
 
     def _forget_pipeline(self, pipeline_execution_id: UUID) -> None:
         drop_handed_over_pipeline(pipeline_execution_id)

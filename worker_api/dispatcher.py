@@ -155,9 +155,9 @@ class Dispatcher(ABC):
     def _check_room(self, jobs: int) -> None:
         """Raise QueueFull when ``jobs`` more would pass ``WORKER_MAX_QUEUED_JOBS``."""
 
-    @abstractmethod
     def _create_job_run(self, job: JobExecutionDTO, params: dict[str, Any]) -> FlowRun:
-        """The job's flow run, created (not yet started)."""
+        """The job's flow run, created (not yet started): for the default :meth:`_start_job`."""
+        raise NotImplementedError(f"{type(self).__name__} starts jobs its own way")
 
     @abstractmethod
     def _create_pipeline_run(self, planned: PipelineRun, params: dict[str, Any]) -> FlowRun:
