@@ -8,6 +8,8 @@ child process (``tests.support.WorkerProcess``) with ``WORKER_PULL_POLICY=never`
 and state dir. It yields a ``Setup`` and, whatever happens, stops them all, removes the containers and
 volumes labelled with the worker id (``cicd.worker-id``, or ``cicd.bench`` on a baseline's ``docker run``)
 and the temporary directory (kept with ``keep``, or when the worker left containers behind).
+``prefect_session()`` is its first half (events stream, Prefect server, clean-up) for a benchmark that starts
+its own worker processes or CLIs.
 
 The worker process, free ports, polling with a deadline and the backend's admin calls are the test suite's
 own (``tests/support.py``): benchmarks and tests start the worker the same way.
@@ -137,6 +139,35 @@ def _backend(stack: contextlib.ExitStack, workdir: Path, in_process: bool) -> tu
     return process.url, process.api_url, process.process.pid
 
 
+@dataclass
+class Session:
+    """The first half of a benchmark session: temporary directory, worker id, Docker events, Prefect server."""
+
+    workdir: Path
+    worker_id: str
+    env: dict[str, str]  # for a worker process: PREFECT_API_URL, WORKER_ID, WORKER_STATE_DIR, WORKER_PULL_POLICY
+    events: EngineEvents
+    prefect_sid: int | None  # None when an external Prefect server is used
+
+
+@contextlib.contextmanager
+def prefect_session(name: str, *, keep: bool, worker_env: dict[str, str] | None = None,
+                    prefect_env: dict[str, str] | None = None) -> Iterator[Session]:
+    """``_prologue()``, a ``docker events`` stream and a Prefect server for the benchmark ``name``; at the end the
+    clean-up by label of ``environment()``. For benchmarks that start their own worker processes (or CLIs)."""
+    _prologue()
+    workdir = Path(tempfile.mkdtemp(prefix=f"cicd-bench-{name}-"))
+    worker_id = f"bench-{name}-{uuid.uuid4().hex[:8]}"
+    env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "WORKER_PULL_POLICY": "never", "WORKER_ID": worker_id,
+           "WORKER_STATE_DIR": str(workdir / "state"), **(worker_env or {})}
+    with contextlib.ExitStack() as stack:
+        stack.callback(_cleanup, workdir, worker_id, keep)
+        events = EngineEvents().start()
+        stack.callback(events.stop)
+        env["PREFECT_API_URL"], prefect_sid = _prefect(stack, workdir, env, prefect_env or {})
+        yield Session(workdir, worker_id, env, events, prefect_sid)
+
+
 @contextlib.contextmanager
 def environment(name: str, *, keep: bool, backend_in_process: bool = False, worker_env: dict[str, str] | None = None,
                 prefect_env: dict[str, str] | None = None, limits: httpx.Limits | None = None) -> Iterator[Setup]:
@@ -145,17 +176,10 @@ def environment(name: str, *, keep: bool, backend_in_process: bool = False, work
     ``worker_env`` is added to the worker's environment, ``prefect_env`` to the Prefect server's (when one is
     started here), ``limits`` bounds the connections of each HTTP client. First it calls ``_prologue()``.
     """
-    _prologue()
-    workdir = Path(tempfile.mkdtemp(prefix=f"cicd-bench-{name}-"))
-    worker_id = f"bench-{name}-{uuid.uuid4().hex[:8]}"
-    env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "WORKER_PULL_POLICY": "never", "WORKER_ID": worker_id,
-           "WORKER_STATE_DIR": str(workdir / "state"), **(worker_env or {})}
     client: dict[str, Any] = {"timeout": 60, **({"limits": limits} if limits else {})}
     with contextlib.ExitStack() as stack:
-        stack.callback(_cleanup, workdir, worker_id, keep)
-        events = EngineEvents().start()
-        stack.callback(events.stop)
-        env["PREFECT_API_URL"], prefect_sid = _prefect(stack, workdir, env, prefect_env or {})
+        session = stack.enter_context(prefect_session(name, keep=keep, worker_env=worker_env, prefect_env=prefect_env))
+        workdir, worker_id, env, events = session.workdir, session.worker_id, session.env, session.events
         backend_url, env["WORKER_BACKEND_URL"], backend_pid = _backend(stack, workdir, backend_in_process)
         worker = WorkerProcess(env, workdir / "worker.log")
         stack.callback(worker.stop)
@@ -165,7 +189,7 @@ def environment(name: str, *, keep: bool, backend_in_process: bool = False, work
         worker_http, prefect_http = (stack.enter_context(httpx.Client(base_url=url, **client))
                                      for url in (worker.url, env["PREFECT_API_URL"]))
         yield Setup(backend, worker_http, prefect_http, worker, events, worker_id, workdir,
-                    workdir / "backend" / "backend.db", backend_pid, prefect_sid)
+                    workdir / "backend" / "backend.db", backend_pid, session.prefect_sid)
 
 
 def _docker_ids(*command: str) -> list[str]:

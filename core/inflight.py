@@ -28,6 +28,12 @@ class InflightJobs:
             self._db.execute("INSERT OR REPLACE INTO inflight VALUES (?, ?, ?, ?)",
                              (str(job_execution_id), str(flow_run_id) if flow_run_id else None, name, time.time()))
 
+    def set_flow_run(self, job_execution_id: UUID, flow_run_id: UUID) -> None:
+        """Name the flow run of a job still in flight (one created after the job started); nothing otherwise."""
+        with self._lock:
+            self._db.execute("UPDATE inflight SET flow_run_id=? WHERE job_execution_id=?",
+                             (str(flow_run_id), str(job_execution_id)))
+
     def remove(self, job_execution_id: UUID) -> None:
         with self._lock:
             self._db.execute("DELETE FROM inflight WHERE job_execution_id=?", (str(job_execution_id),))

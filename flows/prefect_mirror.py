@@ -58,6 +58,7 @@ class MirroredJob:
     watched: Watched | None = None
     logger: logging.LoggerAdapter[Any] | None = None  # the task run's Prefect logger, once the flow run exists
     late_logger: LateLogger = field(init=False)
+    on_created: Callable[[UUID], None] | None = None
 
     def __post_init__(self) -> None:
         self.late_logger = LateLogger(self)
@@ -120,9 +121,11 @@ class PrefectMirror:
 
     # -- what a job's runner calls -------------------------------------------------------------------
 
-    def begin(self, record: JobRecord, name: str, params: dict[str, Any], tags: list[str]) -> MirroredJob:
-        """Queue the job's flow run and task run, both Running from now."""
-        job = MirroredJob(record, name)
+    def begin(self, record: JobRecord, name: str, params: dict[str, Any], tags: list[str],
+              on_created: Callable[[UUID], None] | None = None) -> MirroredJob:
+        """Queue the job's flow run and task run, both Running from now; ``on_created(flow_run_id)`` is called
+        once the flow run exists (e.g. to write its id down for crash recovery)."""
+        job = MirroredJob(record, name, on_created=on_created)
         # Ahead of the other jobs' writes (the answer to the request waits for the flow run's id); in this
         # job's own order, since they are its first.
         self._lane(job).put([_Write(job, self._create_flow_run(job, params, tags), "create the flow run"),
@@ -167,6 +170,8 @@ class PrefectMirror:
                 "flow_run_id": str(flow_run.id), "task_run_id": str(job.task_run_id),
                 "task_run_name": job.record.name, "task_name": TASK_NAME, "flow_run_name": job.name})
             job.watched = self._cancel_watch.add(flow_run.id, lambda: [job.record])
+            if job.on_created is not None:
+                job.on_created(flow_run.id)
             job.created.set()
 
         return create

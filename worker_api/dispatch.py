@@ -80,7 +80,9 @@ class FlowDispatcher(Dispatcher):
         """Start the job now on a flow thread; its Prefect record follows in the background
         (:mod:`flows.prefect_mirror`). The answer waits a little for the flow run's id, never the job."""
         self._job_accepted(job, record)
-        mirrored = self._mirror.begin(record, job_run_name(job), {"job_execution_id": str(job.id)}, job_tags(job))
+        inflight = self.services.inflight
+        mirrored = self._mirror.begin(record, job_run_name(job), {"job_execution_id": str(job.id)}, job_tags(job),
+                                      on_created=lambda flow_run_id: inflight.set_flow_run(job.id, flow_run_id))
         self._job_pool.submit(self._run_guarded, f"job {job.id}", record,
                           lambda: run_job_directly(job, record, self.services, self._mirror, mirrored))
         if mirrored.created.wait(FLOW_RUN_ID_WAIT_SECONDS) and mirrored.flow_run_id is not None:
