@@ -1,7 +1,7 @@
 """Latency of one trivial job through a real worker, against plain ``docker run`` measured in the same run.
 
 Run from the repository root: ``.venv/bin/python -m bench.job_latency [--runs N]``. Target: the worker's
-median latency is at most 1.5x the median of ``docker run --rm --network none cicd-busybox:latest true``.
+median latency is at most 1.2x the median of ``docker run --rm --network none cicd-busybox:latest true``.
 
 Set-up, all torn down at the end (``bench.harness.environment``): a Prefect server on a free port with a
 temporary ``PREFECT_HOME`` (or the server at ``PREFECT_API_URL`` when that is set), the reference backend in
@@ -47,10 +47,10 @@ from typing import Any
 import httpx
 
 from bench import harness
-from bench.readings import epoch, fmt, p90
+from bench.readings import epoch, fmt, load_average, p90, verdict
 
 DOCKER_RUN = harness.docker_run_command("true")
-TARGET_RATIO = 1.5
+TARGET_RATIO = 1.2  # issue 11: the container starts at once, Prefect's writes go in the background
 WARMUP = 2
 RUN_TIMEOUT_SECONDS = 60.0
 
@@ -289,9 +289,8 @@ def report(setup: harness.Setup, samples: list[WorkerSample], baseline: list[Doc
     if os.getloadavg()[0] > (os.cpu_count() or 1):
         print(f"\nnote: load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs: other work shares this "
               "machine; absolute figures are inflated, the ratio of interleaved runs less so")
-    print(f"\nVERDICT: {'PASS' if ok else 'FAIL'}: worker median {worker_med:.1f} ms is {ratio:.2f}x the "
-          f"docker run median {docker_med:.1f} ms ({'within' if ok else 'above'} the {TARGET_RATIO}x target; "
-          f"load average now {os.getloadavg()[0]:.2f})")
+    print(f"\nworker median {worker_med:.1f} ms, docker run median {docker_med:.1f} ms, load average {load_average()}")
+    verdict("one job, POST -> final status, vs docker run", ratio, TARGET_RATIO, "x")
     return ok
 
 

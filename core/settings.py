@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=60.0, ge=0, description="running jobs may finish on SIGTERM")
     shutdown_flush_seconds: float = Field(default=30.0, ge=0, description="outbox flush at shutdown")
     max_queued_jobs: int = Field(default=200, ge=1, description="accepted, unfinished jobs; beyond: 429")
+    flow_run_id_wait_seconds: float = Field(
+        default=1.0, ge=0, le=30, description="how long an execute answer waits for the job's Prefect flow run id "
+        "(the job never waits); past it flowRunId is null and GET /api/job/{id} shows it once written")
     max_request_bytes: int = Field(default=1_048_576, ge=1024, description="request bodies larger are refused 413")
     container_pids_limit: int = Field(default=1024, ge=16)
     container_memory_limit: str | None = Field(default="4g", description="docker memory limit, e.g. 512m")

@@ -85,6 +85,7 @@ class DockerExecutor:
         self._client = client
         self._client_lock = threading.Lock()
         self._unremoved: set[str] = set()  # containers whose removal failed (engine down): retried later
+        self._running = 0  # attempts in a slot now
 
     @property
     def client(self) -> docker.DockerClient:
@@ -132,10 +133,22 @@ class DockerExecutor:
         started = datetime.now(UTC)
         if not acquire_slot(self._slots, cancel, poll_seconds=0.2):
             return JobResult(exit_code=None, started_at=started, finished_at=datetime.now(UTC), canceled=True)
+        with self._client_lock:
+            self._running += 1
         try:
             return self._run_in_slot(spec, log_sink, cancel, started)
         finally:
             self._slots.release()
+            self._close_idle_connections()
+
+    def _close_idle_connections(self) -> None:
+        """When the last running attempt ends, close the engine connections kept alive for reuse: a worker back
+        to idle holds no more sockets than before its jobs (a call made meanwhile opens a new one)."""
+        with self._client_lock:
+            self._running -= 1
+            client = self._client if self._running == 0 else None
+        if client is not None:
+            client.api.close()
 
     def _run_in_slot(self, spec: JobSpec, log_sink: LogSink, cancel: threading.Event,
                      started: datetime) -> JobResult:

@@ -16,7 +16,6 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.concurrency import run_in_threadpool
 
 from core import metrics
 from core.backend_client import BackendRejected
@@ -29,6 +28,7 @@ from worker_api.dispatch import FlowDispatcher
 from worker_api.dispatcher import Dispatcher
 from worker_api.exposure import INSECURE_WARNING, Exposure, classify, refusal_message
 from worker_api.health import HealthChecks, public
+from worker_api.in_thread import in_thread
 from worker_api.lifecycle import DRAIN
 from worker_api.limits import RETRY_AFTER_SECONDS, BodyTooLarge, QueueFull, RequestGuard
 from worker_api.pool_dispatch import PoolDispatcher
@@ -63,7 +63,7 @@ def require_token(request: Request, credentials: Credentials) -> None:
 async def require_started(request: Request) -> None:
     """Hold job submissions until start-up recovery is done (it would report a job accepted meanwhile FAILED)."""
     started: threading.Event = request.app.state.started
-    if not started.is_set() and not await run_in_threadpool(started.wait, _START_WAIT_SECONDS):
+    if not started.is_set() and not await in_thread(started.wait, _START_WAIT_SECONDS):
         raise StartingUp()
 
 
@@ -208,21 +208,21 @@ def _add_job_routes(app: FastAPI) -> None:
               response_model_by_alias=True, dependencies=[Authorized, Started],
               responses={200: {"description": "already known: same ids, nothing started"}})
     async def execute_job(job: JobExecutionDTO, dispatcher: TheDispatcher) -> Any:
-        record, started = await run_in_threadpool(dispatcher.submit_job, job)
+        record, started = await in_thread(dispatcher.submit_job, job)
         body = ExecuteAccepted(job_execution_id=record.job_execution_id, flow_run_id=record.flow_run_id)
         return body if started else JSONResponse(status_code=200, content=body.to_wire())
 
     @app.get("/api/job/{job_execution_id}", response_model=JobView, response_model_by_alias=True,
              dependencies=[Authorized])
     async def job_view(job_execution_id: UUID, dispatcher: TheDispatcher) -> Any:
-        view = await run_in_threadpool(dispatcher.job_view, job_execution_id)
+        view = await in_thread(dispatcher.job_view, job_execution_id)
         if view is None:
             raise HTTPException(404, detail=f"job execution {job_execution_id} is not known to this worker")
         return view
 
     @app.post("/api/job/{job_execution_id}/cancel", status_code=202, dependencies=[Authorized])
     async def cancel_job(job_execution_id: UUID, dispatcher: TheDispatcher) -> dict[str, Any]:
-        view = await run_in_threadpool(dispatcher.cancel_job, job_execution_id)
+        view = await in_thread(dispatcher.cancel_job, job_execution_id)
         if view is None:
             raise HTTPException(404, detail=f"job execution {job_execution_id} is not known to this worker")
         return {"jobExecutionId": str(job_execution_id), "status": view.status.value, "cancelRequested": True}
@@ -236,7 +236,7 @@ def _add_pipeline_routes(app: FastAPI) -> None:
                                               "of the run is reported FAILED with the reason"}})
     async def execute_pipeline(body: PipelineExecuteRequest, dispatcher: TheDispatcher) -> Any:
         try:
-            record, started = await run_in_threadpool(dispatcher.submit_pipeline, body.pipeline_execution_id)
+            record, started = await in_thread(dispatcher.submit_pipeline, body.pipeline_execution_id)
         except PlanningError as exc:
             return JSONResponse(status_code=422, content={
                 "error": f"invalid pipeline: {exc}", "field": "pipelineExecutionId", "jobs": list(exc.jobs)})
@@ -261,7 +261,7 @@ def _add_worker_routes(app: FastAPI) -> None:
     async def worker_health(request: Request, credentials: Credentials) -> JSONResponse:
         """UP/DOWN for anyone; the checks only with the token, or without one on loopback."""
         exposed: Exposure = request.app.state.exposure
-        report, up = await run_in_threadpool(request.app.state.health.report)
+        report, up = await in_thread(request.app.state.health.report)
         if not request.app.state.started.is_set():
             report.status, up = "STARTING", False
         if DRAIN.started.is_set():

@@ -2,7 +2,7 @@
 
 A job starts at once on a dedicated thread pool, without Prefect's engines (``flows.job_flow.run_job_directly``);
 its Prefect flow run and task run are written in the background by ``flows.prefect_mirror``, and the answer
-waits up to ``FLOW_RUN_ID_WAIT_SECONDS`` for the flow run's id. A pipeline run's flow run is created first
+waits up to ``WORKER_FLOW_RUN_ID_WAIT_SECONDS`` for the flow run's id. A pipeline run's flow run is created first
 (state Pending) so that its id can be answered at once, then run by ``prefect.flow_engine.run_flow`` on the
 same pool (docs/prefect-behaviours.md, "Running flow runs from the API process"). The container limit is
 enforced by the executor, not by this pool: jobs waiting for dependencies hold no container slot.
@@ -11,6 +11,7 @@ enforced by the executor, not by this pool: jobs waiting for dependencies hold n
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -45,10 +46,6 @@ from worker_api.flow_runs import FlowRunFactory
 
 log = logging.getLogger(__name__)
 
-# How long an accepted job's answer waits for its flow run's id (the job does not wait): past it the answer
-# has no flowRunId and the record gets it once Prefect answers.
-FLOW_RUN_ID_WAIT_SECONDS = 10.0
-
 
 def _enter_client_context() -> None:
     """One Prefect client per flow thread for the thread's life (entered, never exited).
@@ -72,7 +69,8 @@ class FlowDispatcher(Dispatcher):
         super().__init__(services, services.registry)
         self._pool = ThreadPoolExecutor(max_workers=max_flows, thread_name_prefix="flow",
                                         initializer=_enter_client_context)
-        self._job_pool = ThreadPoolExecutor(max_workers=max_flows, thread_name_prefix="job")  # no Prefect needed
+        self._job_threads: set[threading.Thread] = set()  # one per running job: none left when idle
+        self._job_threads_lock = threading.Lock()
         self._flow_runs = FlowRunFactory()
         self._mirror = PrefectMirror(execute_job, services.cancel_watch)
 
@@ -83,11 +81,25 @@ class FlowDispatcher(Dispatcher):
         inflight = self.services.inflight
         mirrored = self._mirror.begin(record, job_run_name(job), {"job_execution_id": str(job.id)}, job_tags(job),
                                       on_created=lambda flow_run_id: inflight.set_flow_run(job.id, flow_run_id))
-        self._job_pool.submit(self._run_guarded, f"job {job.id}", record,
-                          lambda: run_job_directly(job, record, self.services, self._mirror, mirrored))
-        if mirrored.created.wait(FLOW_RUN_ID_WAIT_SECONDS) and mirrored.flow_run_id is not None:
+        self._start_thread(f"job-{str(job.id)[:8]}", lambda: self._run_guarded(
+            f"job {job.id}", record, lambda: run_job_directly(job, record, self.services, self._mirror, mirrored)))
+        if mirrored.created.wait(self.services.settings.flow_run_id_wait_seconds) and mirrored.flow_run_id is not None:
             record.save()  # with its flow run id: a re-send after a restart is answered with it
         record.dispatched.set()
+
+    def _start_thread(self, name: str, target: Callable[[], None]) -> None:
+        """A thread of its own for one job (a pool would keep its threads after a burst of jobs)."""
+        def run() -> None:
+            try:
+                target()
+            finally:
+                with self._job_threads_lock:
+                    self._job_threads.discard(thread)
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        with self._job_threads_lock:
+            self._job_threads.add(thread)
+        thread.start()
 
     def _claim_job(self, job: JobExecutionDTO) -> tuple[JobRecord, bool]:
         self._jobs.prune()
@@ -157,6 +169,10 @@ class FlowDispatcher(Dispatcher):
 
     def shutdown(self, wait: bool = False) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=True)
-        self._job_pool.shutdown(wait=wait, cancel_futures=True)
+        if wait:
+            with self._job_threads_lock:
+                running = list(self._job_threads)
+            for thread in running:
+                thread.join()
         self._mirror.close()
         self._flow_runs.close()

@@ -7,7 +7,7 @@ import uuid
 
 import httpx
 
-from tests.support import Backend, WorkerProcess, containers, final_log, statuses
+from tests.support import Backend, WorkerProcess, containers, final_log, statuses, wait_for
 
 
 def run_one(backend: Backend, worker: WorkerProcess, timeout: float = 60.0, **job: object) -> dict:
@@ -16,7 +16,10 @@ def run_one(backend: Backend, worker: WorkerProcess, timeout: float = 60.0, **jo
     answer = backend.push_job(job_id, worker.url).json()
     assert answer["statusCode"] == 202, answer
     assert answer["body"]["jobExecutionId"] == job_id
-    uuid.UUID(answer["body"]["flowRunId"])
+    # In the answer when Prefect wrote it within WORKER_FLOW_RUN_ID_WAIT_SECONDS, else in the worker's view later.
+    flow_run_id = answer["body"]["flowRunId"] or wait_for(
+        lambda: httpx.get(f"{worker.url}/api/job/{job_id}").json()["flowRunId"], 30, 0.2, "the job's flow run id")
+    uuid.UUID(flow_run_id)
     return backend.wait_final(job_id, timeout)
 
 
