@@ -126,7 +126,7 @@ def run_job_directly(job: JobExecutionDTO, record: JobRecord, services: Services
     try:
         _run_job(job, record, reporter, services, attempts)
     finally:
-        mirror.finish(mirrored, record.status, record.message)
+        mirror.finish(mirrored, record.status, record.message, record.exit_code)
 
 
 def _run_job(job: JobExecutionDTO, record: JobRecord, reporter: JobReporter, services: Services,

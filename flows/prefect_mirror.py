@@ -145,12 +145,21 @@ class PrefectMirror:
 
         self._queue(job, create, "publish the artifacts table")
 
-    def finish(self, job: MirroredJob, status: ExecutionStatus, message: str | None) -> None:
-        """The job is final: its task run and flow run end in the matching Prefect state."""
-        state: Callable[..., State]
-        state = {ExecutionStatus.SUCCESS: Completed, ExecutionStatus.CANCELED: Cancelled}.get(status, Failed)
-        self._queue(job, self._set_task_state(job, state(message=message)), "end the task run")
-        self._queue(job, self._set_flow_state(job, state(message=message)), "end the flow run")
+    def finish(self, job: MirroredJob, status: ExecutionStatus, message: str | None,
+               exit_code: int | None = None) -> None:
+        """The job is final: its task run and flow run end in the matching Prefect state (a SUCCESS with a
+        non-zero exit code is an allowed failure: Completed named ``AllowedFailure``, as in pipeline runs)."""
+        final: State
+        if status is ExecutionStatus.SUCCESS and exit_code:
+            final = Completed(name="AllowedFailure", message=f"allowed to fail: exit {exit_code}")
+        elif status is ExecutionStatus.SUCCESS:
+            final = Completed(message=message)
+        elif status is ExecutionStatus.CANCELED:
+            final = Cancelled(message=message)
+        else:
+            final = Failed(message=message)
+        self._queue(job, self._set_task_state(job, final), "end the task run")
+        self._queue(job, self._set_flow_state(job, final.model_copy()), "end the flow run")
 
     def close(self) -> None:
         """Write what is queued (a few seconds at most; the rest is dropped, with a warning), close the client."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 
@@ -49,6 +50,14 @@ def test_allow_failure_is_reported_success_and_says_so(backend: Backend, worker:
     assert statuses(record) == ["RUNNING", "SUCCESS"]
     assert "failure allowed" in final_log(record)
     assert record["history"][-1]["exitCode"] == 1
+    # In Prefect, visibly not a plain success (the record is written in the background: poll).
+    flow_run_id = httpx.get(f"{worker.url}/api/job/{record['id']}").json()["flowRunId"]
+
+    def state() -> tuple[str, str] | None:
+        data = httpx.get(f"{os.environ['PREFECT_API_URL']}/flow_runs/{flow_run_id}").json()["state"]
+        return (data["name"], data["message"]) if data["type"] == "COMPLETED" else None
+
+    assert wait_for(state, 30, 0.2, "the flow run Completed") == ("AllowedFailure", "allowed to fail: exit 1")
 
 
 def test_missing_image_fails_fast_naming_the_image(backend: Backend, worker: WorkerProcess) -> None:
