@@ -67,7 +67,7 @@ LOGS_TAB_TEXT_JS = """(() => {
     const tab = Array.from(document.querySelectorAll('[role=tablist] .p-tab'))
         .find(t => t.innerText.trim() === 'Logs');
     if (tab && !tab.classList.contains('p-tab__active')) tab.click();
-    return document.body.innerText;
+    return document.body ? document.body.innerText : '';  // null while the page is still loading
 })()"""
 
 
