@@ -50,7 +50,7 @@ test: setup chromium lint
 ## flows' logic on the in-process DummyExecutor, the backend client against the reference backend);
 ## `make lint test-fast` for lint as well
 test-fast: $(STAMP)
-	$(BIN)/pytest -q -p no:cacheprovider --durations=5 -m "not slow and not engine" $(PYTEST_ARGS)
+	$(BIN)/pytest -q -p no:cacheprovider --durations=5 -n 2 -m "not slow and not engine" $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python -m bench.job_latency

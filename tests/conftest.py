@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import docker
+import httpx
 import pytest
 
-from tests.support import REPO, TEST_IMAGE, Backend, WorkerProcess, free_port
+from tests.support import REPO, TEST_IMAGE, Backend, WorkerProcess, free_port, wait_for
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="cicd-tests-"))
 ARTIFACT_DIR = REPO / "test-artifacts"
@@ -31,7 +32,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["WORKER_ID"] = WORKER_ID
     os.environ["WORKER_PULL_POLICY"] = "never"  # no registry here: a pull must never be attempted
     os.environ["WORKER_STATE_DIR"] = str(_SESSION_DIR / "state")
-    if os.environ.get("PREFECT_API_URL"):
+    if os.environ.get("PREFECT_API_URL"):  # given, or launched by the xdist controller this worker came from
         return
     from cli.prefect_server import LocalPrefectServer
 
@@ -67,9 +68,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: not _prefect_free(item))
 
 
+_prefect_healthy = False
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if _server is not None and not _prefect_free(item):
+    """A test that may talk to Prefect waits for the server's health (once per process): the session's server
+    is still starting while the Prefect-free tests run."""
+    global _prefect_healthy
+    if _prefect_healthy or _prefect_free(item):
+        return
+    if _server is not None:
         _server.wait_healthy(timeout=240)
+    else:  # an xdist worker, or a server given by PREFECT_API_URL
+        health = os.environ["PREFECT_API_URL"].rstrip("/") + "/health"
+        wait_for(lambda: _answers(health), 240, 0.25, f"the Prefect server at {health}")
+    _prefect_healthy = True
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
