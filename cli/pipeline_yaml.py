@@ -132,26 +132,17 @@ def _check_depth(text: str, problems: Problems) -> None:
 
 def _check_tags_and_merge(root: yaml.Node, problems: Problems) -> None:
     """Refuse non-standard tags (``!!python/...``, custom ``!tags``) and resolve ``<<`` in every mapping."""
-    seen: set[int] = set()
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
+    for node in _nodes(root):
         if node.tag not in _STANDARD_TAGS:
             problems.at(node, "", f"unsupported tag {node.tag!r}")
-        if isinstance(node, yaml.MappingNode):
-            stack.extend(value for pair in node.value for value in pair)
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
     merged: dict[int, list[tuple[yaml.Node, yaml.Node]]] = {}
     for node in _mappings(root):
         node.value = _merged_pairs(node, problems, merged)
 
 
-def _mappings(root: yaml.Node) -> list[yaml.MappingNode]:
-    found: list[yaml.MappingNode] = []
+def _nodes(root: yaml.Node) -> list[yaml.Node]:
+    """Every node under ``root`` once (an alias is the same node object as its anchor)."""
+    found: list[yaml.Node] = []
     seen: set[int] = set()
     stack = [root]
     while stack:
@@ -159,12 +150,16 @@ def _mappings(root: yaml.Node) -> list[yaml.MappingNode]:
         if id(node) in seen:
             continue
         seen.add(id(node))
+        found.append(node)
         if isinstance(node, yaml.MappingNode):
-            found.append(node)
             stack.extend(value for pair in node.value for value in pair)
         elif isinstance(node, yaml.SequenceNode):
             stack.extend(node.value)
     return found
+
+
+def _mappings(root: yaml.Node) -> list[yaml.MappingNode]:
+    return [node for node in _nodes(root) if isinstance(node, yaml.MappingNode)]
 
 
 def _merged_pairs(node: yaml.MappingNode, problems: Problems,

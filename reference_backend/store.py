@@ -77,35 +77,23 @@ def _time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text is not None else None
 
 
+# Columns copied as they are, and columns holding JSON (NULL stays None), into the record's field of that name.
+_PLAIN_COLUMNS = ("id", "pipeline_execution_id", "stage_execution_id", "stage_order", "commit_hash", "job_id",
+                  "stage_id", "name", "docker_image", "working_dir", "timeout_seconds", "retries", "artifacts_when")
+_JSON_COLUMNS = ("script", "dependencies", "artifacts", "env", "masked_env", "before_script", "after_script")
+
+
 def _record(row: sqlite3.Row) -> JobExecutionRecord:
     return JobExecutionRecord(
-        id=row["id"],
-        pipeline_execution_id=row["pipeline_execution_id"],
-        stage_execution_id=row["stage_execution_id"],
-        stage_order=row["stage_order"],
-        commit_hash=row["commit_hash"],
+        **{column: row[column] for column in _PLAIN_COLUMNS},
+        **{column: _json_or_none(row[column]) for column in _JSON_COLUMNS},
         local=bool(row["local"]),
+        allow_failure=bool(row["allow_failure"]),
         status=ExecutionStatus(row["status"]),
         start_time=_time(row["start_time"]),
         completion_time=_time(row["completion_time"]),
-        job_id=row["job_id"],
-        stage_id=row["stage_id"],
-        name=row["name"],
-        docker_image=row["docker_image"],
-        script=json.loads(row["script"]),
-        dependencies=json.loads(row["dependencies"]),
-        allow_failure=bool(row["allow_failure"]),
-        artifacts=json.loads(row["artifacts"]),
-        working_dir=row["working_dir"],
-        env=json.loads(row["env"]) if row["env"] is not None else None,
-        masked_env=json.loads(row["masked_env"]) if row["masked_env"] is not None else None,
-        timeout_seconds=row["timeout_seconds"],
-        retries=row["retries"],
-        artifacts_when=row["artifacts_when"],
         created_at=datetime.fromisoformat(row["created_at"]),
         updated_at=datetime.fromisoformat(row["updated_at"]),
-        before_script=_json_or_none(row["before_script"]),
-        after_script=_json_or_none(row["after_script"]),
         when=row["job_when"],
     )
 
