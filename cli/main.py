@@ -190,6 +190,18 @@ def read_settings() -> tuple[Settings | None, str | None]:
         return None, "cicd-worker: invalid settings:\n" + "\n".join(lines)
 
 
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """The arguments; ``run``'s job names may also come after its options (``run FILE --needs lint``), which
+    argparse alone refuses: it takes the positionals in one go, before the options."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "run" and extra and not any(item.startswith("-") for item in extra):
+        args.jobs = [*args.jobs, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--version"]:  # answered whatever the settings
@@ -202,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         from worker_api import deploy  # its own options and Prefect imports: loaded only for this command
 
         return deploy.main(settings, argv[1:])
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns what matters
     if args.command == "serve":

@@ -245,7 +245,7 @@ def load_pipeline_file(path: Path) -> PipelineFile:
         raise PipelineFileError(problems.lines())
     checker = Checker(problems)
     top = checker.mapping(root, "", _TOP_KEYS, ignore_prefix="x-") or {}
-    name = checker.string(top, "name", "", root) or path.stem
+    name = checker.string(top, "name", "", root, required=False) or path.stem
     if "name" in top and (problem := name_problem(name, "pipeline name")):
         problems.at(top["name"], "name", problem)
     variables = checker.variables(top, "")

@@ -112,6 +112,19 @@ def test_dry_run_leaves_manual_jobs_out_unless_named(tmp_path: Path, capsys: pyt
     assert code == 0 and "level 2:\n  unit (test; needs compile)" in out and "deploy" not in out.split("\n", 1)[1]
 
 
+def test_job_names_may_follow_the_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(tmp_path, REUSE, "run", "--needs", "--dry-run", "unit", capsys=capsys)
+    assert code == 0 and "level 2:\n  unit (test; needs compile)" in out and "deploy" not in out.split("\n", 1)[1]
+    with pytest.raises(SystemExit) as exited:  # argparse's own exit, as for any unknown option
+        cli(tmp_path, REUSE, "run", "--dry-run", "unit", "--bogus", capsys=capsys)
+    assert exited.value.code == 2 and "unrecognized arguments: unit --bogus" in capsys.readouterr().err
+
+
+def test_the_pipeline_name_defaults_to_the_file_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(tmp_path, REUSE.replace("name: reuse\n", "", 1), "check", capsys=capsys)
+    assert code == 0 and "pipeline 'p'" in out
+
+
 def test_an_unknown_job_name_exits_2_with_a_suggestion(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = cli(tmp_path, REUSE, "run", "complie", "--dry-run", capsys=capsys)
     assert code == 2 and err.strip() == "p.yaml: no job named 'complie' (did you mean 'compile'?)"
