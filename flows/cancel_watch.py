@@ -66,9 +66,7 @@ class CancelWatch:
         watched = Watched(flow_run_id, records)
         with self._lock:
             self._watched[flow_run_id] = watched
-            if self._thread is None and not self._closed:
-                self._thread = threading.Thread(target=self._loop, name="cancel-watch", daemon=True)
-                self._thread.start()
+            self._start_locked()
         return watched
 
     def remove(self, watched: Watched) -> None:
@@ -98,15 +96,14 @@ class CancelWatch:
         finally:
             with self._lock:
                 self._thread = None
-                restart = bool(self._watched) and not self._closed
-            if restart:  # something was registered while the thread was ending
-                self._respawn()
+                if self._watched:  # something was registered while the thread was ending
+                    self._start_locked()
 
-    def _respawn(self) -> None:
-        with self._lock:
-            if self._thread is None and not self._closed:
-                self._thread = threading.Thread(target=self._loop, name="cancel-watch", daemon=True)
-                self._thread.start()
+    def _start_locked(self) -> None:
+        """Start the thread unless it runs or the watch is closed (the caller holds the lock)."""
+        if self._thread is None and not self._closed:
+            self._thread = threading.Thread(target=self._loop, name="cancel-watch", daemon=True)
+            self._thread.start()
 
     def _poll(self, client: SyncPrefectClient, watched: dict[UUID, Watched]) -> None:
         flow_runs = FlowRunFilter(id=FlowRunFilterId(any_=list(watched)),

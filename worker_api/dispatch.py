@@ -1,10 +1,10 @@
 """Running accepted jobs and pipeline runs in this process.
 
-A job starts at once on a dedicated thread pool, without Prefect's engines (``flows.job_flow.run_job_directly``);
+A job starts at once on a thread of its own, without Prefect's engines (``flows.job_flow.run_job_directly``);
 its Prefect flow run and task run are written in the background by ``flows.prefect_mirror``, and the answer
 waits up to ``WORKER_FLOW_RUN_ID_WAIT_SECONDS`` for the flow run's id. A pipeline run's flow run is created first
-(state Pending) so that its id can be answered at once, then run by ``prefect.flow_engine.run_flow`` on the
-same pool (docs/prefect-behaviours.md, "Running flow runs from the API process"). The container limit is
+(state Pending) so that its id can be answered at once, then run by ``prefect.flow_engine.run_flow`` on a
+thread pool (docs/prefect-behaviours.md, "Running flow runs from the API process"). The container limit is
 enforced by the executor, not by this pool: jobs waiting for dependencies hold no container slot.
 """
 
@@ -40,9 +40,9 @@ from flows.pipeline_flow import (
 )
 from flows.pipeline_plan import PipelineRun
 from flows.prefect_mirror import PrefectMirror
+from flows.prefect_writes import FlowRunFactory
 from flows.services import Services
 from worker_api.dispatcher import Dispatcher
-from worker_api.flow_runs import FlowRunFactory
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class FlowDispatcher(Dispatcher):
         self._mirror = PrefectMirror(execute_job, services.cancel_watch)
 
     def _start_job(self, job: JobExecutionDTO, record: JobRecord) -> None:
-        """Start the job now on a flow thread; its Prefect record follows in the background
+        """Start the job now on a thread of its own; its Prefect record follows in the background
         (:mod:`flows.prefect_mirror`). The answer waits a little for the flow run's id, never the job."""
         self._job_accepted(job, record)
         inflight = self.services.inflight
@@ -119,7 +119,7 @@ class FlowDispatcher(Dispatcher):
         super()._forget_pipeline(pipeline_execution_id)
 
     def _job_accepted(self, job: JobExecutionDTO, record: JobRecord) -> None:
-        record.save()  # on disk with its flow run: a re-send after a restart is answered 200 from it
+        record.save()  # on disk: a re-send after a restart is answered 200 from it
         # Written down before the flow starts, so that a crash before its first status is reported at restart.
         self.services.inflight.add(job.id, record.flow_run_id, job.job.name)
 

@@ -42,10 +42,10 @@ from flows.job_log import WORKER_PREFIX
 from flows.pipeline_flow import execute_pipeline, pipeline_run_name
 from flows.pipeline_plan import PipelineRun
 from flows.pool_tasks import Kind, submit
+from flows.prefect_writes import SharedPrefectClient
 from flows.services import Services
 from worker_api.deploy import ensure_concurrency_limit
 from worker_api.dispatcher import Dispatcher
-from worker_api.flow_runs import SharedPrefectClient
 
 log = logging.getLogger(__name__)
 
