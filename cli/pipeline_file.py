@@ -17,8 +17,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from cli.pipeline_cache import check_cache
 from cli.pipeline_checker import Checker
 from cli.pipeline_graph import check_graph
+from cli.pipeline_inputs import check_inputs
+from cli.pipeline_services import check_services
 from cli.pipeline_yaml import FileUnreadable, Problems, compose, read_text
 from core.models import JobDTO
 
@@ -27,7 +30,8 @@ _TOP_KEYS = {"name", "stages", "variables", "env", "defaults"}
 _STAGE_KEYS = {"name", "jobs"}
 _DEFAULT_KEYS = {"image", "before_script", "after_script", "variables", "env", "timeout", "retries"}
 _JOB_KEYS = {"name", "image", "script", "before_script", "after_script", "needs", "allow_failure", "artifacts",
-             "working_dir", "variables", "env", "timeout", "retries", "when"}
+             "working_dir", "variables", "env", "timeout", "retries", "when", "services", "cache", "inputs",
+             "parallel"}
 _CONTROL_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}  # control and format characters, line breaks, surrogates
 _MAX_NAME_BYTES = 200  # a folder name: most file systems stop at 255 bytes
 _DTO_FIELD_KEYS = {"docker_image": "image", "script": "script", "before_script": "before_script",
@@ -54,6 +58,12 @@ class FileJob:
     before_script: list[str] = field(default_factory=list)
     after_script: list[str] = field(default_factory=list)
     when: str = "on_success"
+    services: list[dict[str, Any]] = field(default_factory=list)
+    """The wire's ``ServiceDTO`` dicts (:mod:`cli.pipeline_services`)."""
+    cache: dict[str, Any] | None = None
+    """The wire's ``CacheDTO`` dict (:mod:`cli.pipeline_cache`)."""
+    inputs: list[str] = field(default_factory=list)
+    """Globs of the files whose content decides whether the job may be reused (:mod:`cli.pipeline_inputs`)."""
     line: int = 0
     need_lines: list[int] = field(default_factory=list)
 
@@ -70,7 +80,8 @@ class FileJob:
                 "needs": self.needs, "allowFailure": self.allow_failure, "artifacts": self.artifacts,
                 "workingDir": self.working_dir, "env": env or None, "timeoutSeconds": self.timeout,
                 "retries": self.retries, "beforeScript": self.before_script or None,
-                "afterScript": self.after_script or None, "when": self.when}
+                "afterScript": self.after_script or None, "when": self.when,
+                "services": self.services or None, "cache": self.cache, "inputs": self.inputs or None}
 
 
 @dataclass
@@ -172,6 +183,8 @@ def _check_job(checker: Checker, node: yaml.Node, key: str, stage: str, order: i
         after_script=checker.strings(fields, "after_script", key) if "after_script" in fields
         else defaults.after_script,
         when=checker.choice(fields, "when", key, WHEN_VALUES) or "on_success",
+        services=check_services(checker, fields, key), cache=check_cache(checker, fields, key),
+        inputs=check_inputs(checker, fields, key),
         line=fields.get("name", node).start_mark.line + 1)
     _check_dto(checker, job, fields, key, node)
     return job if name else None  # kept even when other keys are wrong, so that graph errors show too

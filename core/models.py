@@ -64,6 +64,12 @@ _IMAGE_RE = re.compile(
 )
 
 
+def _valid_image(value: str) -> str:
+    if not _IMAGE_RE.fullmatch(value):
+        raise ValueError(f"not a valid image reference: {value!r}")
+    return value
+
+
 MAX_SCRIPT_LINES = 5000
 MAX_SCRIPT_BYTES = 512 * 1024
 MAX_ARTIFACT_PATTERNS = 100
@@ -78,6 +84,37 @@ class WireModel(BaseModel):
     def to_wire(self) -> dict[str, Any]:
         """JSON-ready dict with camelCase names, for what we send."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class ServiceDTO(WireModel):
+    """Extension: a service container beside the job (a database, say), reached by ``alias`` on the job's own
+    internal network."""
+
+    image: str = Field(min_length=1, max_length=512)
+    alias: str | None = Field(default=None, pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    """Host name the job reaches the service by; None: derived from the image (``postgres:16`` → ``postgres``)."""
+    command: list[str] | None = Field(default=None, max_length=100)
+    env: dict[str, str] | None = Field(default=None, validation_alias=AliasChoices("env", "variables"))
+
+    @field_validator("image")
+    @classmethod
+    def _image_reference(cls, value: str) -> str:
+        return _valid_image(value)
+
+
+class CacheKeyFiles(WireModel):
+    """A cache key made from the content of files of the workspace (lock files, say)."""
+
+    files: list[str] = Field(min_length=1, max_length=20)
+
+
+class CacheDTO(WireModel):
+    """Extension: folders of the workspace kept across runs under a key, restored before the script and saved
+    after a successful job (``pull``: never saved; ``push``: never restored)."""
+
+    key: str | CacheKeyFiles = "default"
+    paths: list[str] = Field(min_length=1, max_length=50)
+    policy: Literal["pull-push", "pull", "push"] = "pull-push"
 
 
 class JobDTO(WireModel):
@@ -103,6 +140,11 @@ class JobDTO(WireModel):
     before_script: list[str] = Field(default_factory=list)
     after_script: list[str] = Field(default_factory=list)
     when: Literal["on_success", "on_failure", "always", "manual"] | None = None
+    # Extensions (issue 13): service containers, a cache, and the files whose content decides whether an
+    # unchanged job may be reused instead of run.
+    services: list[ServiceDTO] = Field(default_factory=list, max_length=10)
+    cache: CacheDTO | None = None
+    inputs: list[str] = Field(default_factory=list, max_length=MAX_ARTIFACT_PATTERNS)
     created_at: Timestamp | None = None
     updated_at: Timestamp | None = None
 
@@ -153,9 +195,7 @@ class JobDTO(WireModel):
     @field_validator("docker_image")
     @classmethod
     def _image_reference(cls, value: str) -> str:
-        if not _IMAGE_RE.fullmatch(value):
-            raise ValueError(f"not a valid image reference: {value!r}")
-        return value
+        return _valid_image(value)
 
 
 class JobExecutionDTO(WireModel):

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     script TEXT NOT NULL, dependencies TEXT NOT NULL, allow_failure INTEGER NOT NULL,
     artifacts TEXT NOT NULL, working_dir TEXT, env TEXT, timeout_seconds INTEGER, retries INTEGER,
     artifacts_when TEXT, masked_env TEXT, before_script TEXT, after_script TEXT, job_when TEXT,
+    services TEXT, cache TEXT, inputs TEXT,
     created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS job_executions (
     id TEXT PRIMARY KEY, position INTEGER NOT NULL,
@@ -62,7 +63,7 @@ SELECT e.id, e.pipeline_execution_id, e.stage_execution_id, e.stage_order, p.com
        e.status, e.start_time, e.completion_time, j.id AS job_id, j.stage_id, j.name, j.docker_image,
        j.script, j.dependencies, j.allow_failure, j.artifacts, j.working_dir, j.env,
        j.timeout_seconds, j.retries, j.artifacts_when, j.masked_env, j.created_at, j.updated_at,
-       j.before_script, j.after_script, j.job_when
+       j.before_script, j.after_script, j.job_when, j.services, j.cache, j.inputs
 FROM job_executions e JOIN jobs j ON j.id = e.job_id
 JOIN pipeline_executions p ON p.id = e.pipeline_execution_id
 """
@@ -80,7 +81,8 @@ def _time(text: str | None) -> datetime | None:
 # Columns copied as they are, and columns holding JSON (NULL stays None), into the record's field of that name.
 _PLAIN_COLUMNS = ("id", "pipeline_execution_id", "stage_execution_id", "stage_order", "commit_hash", "job_id",
                   "stage_id", "name", "docker_image", "working_dir", "timeout_seconds", "retries", "artifacts_when")
-_JSON_COLUMNS = ("script", "dependencies", "artifacts", "env", "masked_env", "before_script", "after_script")
+_JSON_COLUMNS = ("script", "dependencies", "artifacts", "env", "masked_env", "before_script", "after_script",
+                 "services", "cache", "inputs")
 
 
 def _record(row: sqlite3.Row) -> JobExecutionRecord:
@@ -118,6 +120,8 @@ def _definition_columns(job: JobSpec) -> dict[str, Any]:
         "before_script": json.dumps(job.before_script) if job.before_script is not None else None,
         "after_script": json.dumps(job.after_script) if job.after_script is not None else None,
         "job_when": job.when,
+        **{column: json.dumps(getattr(job, column)) if getattr(job, column) is not None else None
+           for column in ("services", "cache", "inputs")},
     }
 
 
@@ -134,7 +138,7 @@ class Store:
         self._db.executescript(_SCHEMA)
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
         # A database made before an extension gets its columns.
-        for column in ("masked_env", "before_script", "after_script", "job_when"):
+        for column in ("masked_env", "before_script", "after_script", "job_when", "services", "cache", "inputs"):
             if column not in columns:
                 self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
 

@@ -102,6 +102,10 @@ class JobSpec(_AdminModel):
     before_script: list[str] | None = None
     after_script: list[str] | None = None
     when: str | None = None
+    # Passed to the worker as they are (not validated: tests need to hand the worker bad ones too).
+    services: list[Any] | None = None
+    cache: Any = None
+    inputs: list[Any] | None = None
 
 
 class PipelineRunSpec(_AdminModel):
@@ -175,6 +179,9 @@ class JobExecutionRecord:
     before_script: list[str] | None = None
     after_script: list[str] | None = None
     when: str | None = None
+    services: list[Any] | None = None
+    cache: Any = None
+    inputs: list[Any] | None = None
 
 
 def jackson_local_datetime(value: datetime | None) -> list[int] | None:
@@ -215,6 +222,9 @@ def job_dto(record: JobExecutionRecord) -> dict[str, Any]:
                 "beforeScript": record.before_script,
                 "afterScript": record.after_script,
                 "when": record.when,
+                "services": record.services,
+                "cache": record.cache,
+                "inputs": record.inputs,
             }
         ),
         "createdAt": jackson_local_datetime(record.created_at),
