@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup docker chromium run serve serve-pg test test-fast lint bench clean
+.PHONY: setup docker chromium run examples serve serve-pg test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ chromium:
 run: setup
 	PREFECT_SERVER_ANALYTICS_ENABLED=false WORKER_PULL_POLICY=never \
 		$(BIN)/cicd-worker run examples/hello-project/pipeline.yaml
+
+## the issue-13 examples, offline: services, a matrix, a cache (twice: the second run restores it) and reuse
+## (twice: the second run reuses the unchanged jobs)
+examples: setup
+	for file in services matrix cache cache reuse reuse; do \
+		PREFECT_SERVER_ANALYTICS_ENABLED=false WORKER_PULL_POLICY=never \
+			$(BIN)/cicd-worker run examples/$$file.yaml || exit 1; \
+	done
 
 ## serve the worker API with a local Prefect server (UI on :4200) and print the URLs
 serve: setup

@@ -30,6 +30,7 @@ from cli.file_commands import dry_run, load_for_run
 from cli.pipeline_file import PipelineFile
 from cli.prefect_api import flush_outbox, prefect_api
 from cli.progress import PipelineProgress
+from cli.reuse_view import explain_job, marks_for
 from cli.run_selection import Selection
 from cli.run_summary import RunOutcome, print_summary
 from core.settings import Settings
@@ -45,6 +46,14 @@ class Show:
 
     verbose: bool = False
     timestamps: bool = False
+
+
+@dataclass(frozen=True)
+class Reuse:
+    """``run``'s reuse options: run every job (``no_cache``), or only explain one job's key (``explain``)."""
+
+    no_cache: bool = False
+    explain: str | None = None
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -64,19 +73,23 @@ def inside(root: Path, *parts: str) -> Path:
 
 
 def run(path: Path, settings: Settings, *, dry: bool = False, runs_dir: Path = Path(".cicd/runs"),
-        show: Show | None = None, selection: Selection | None = None) -> int:
+        show: Show | None = None, selection: Selection | None = None, reuse: Reuse | None = None) -> int:
     """Validate, then run the pipeline file (or print its plan); exit 0 only if it succeeded.
 
     ``settings`` are the command's; the run's state (outbox, job records) goes under ``runs_dir/../state``
     unless ``WORKER_STATE_DIR`` is set, and the backend is the in-process reference backend. ``show``: what
     to print besides the jobs' output and the summary. ``selection``: the jobs to run and the variables
-    (:mod:`cli.run_selection`).
+    (:mod:`cli.run_selection`). ``reuse``: ``--no-cache`` and ``--explain`` (:mod:`cli.reuse_view`).
     """
     pipeline = load_for_run(path, selection or Selection())
     if pipeline is None:
         return EXIT_INVALID
+    reuse = reuse or Reuse()
+    if reuse.explain is not None:
+        print("\n".join(explain_job(pipeline, settings, reuse.explain, runs_dir)))
+        return EXIT_OK
     if dry:
-        return dry_run(pipeline)
+        return dry_run(pipeline, marks_for(settings, as_run=True, runs_dir=runs_dir))
     if "WORKER_STATE_DIR" not in os.environ:
         settings = settings.model_copy(update={"state_dir": runs_dir.parent / "state"})
     problem = _seed_problem(pipeline, settings)
@@ -89,7 +102,7 @@ def run(path: Path, settings: Settings, *, dry: bool = False, runs_dir: Path = P
         run_dir = inside(runs_dir, f"{_slug(pipeline.name)}-{time.strftime('%Y%m%d-%H%M%S')}")
         run_dir.mkdir(exist_ok=True)
         with prefect_api(settings.state_dir, keep_server=True) as api_url:
-            return _run_with_backend(pipeline, run_dir, api_url, settings, show or Show())
+            return _run_with_backend(pipeline, run_dir, api_url, settings, show or Show(), reuse)
     except UnsafePath as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -106,7 +119,8 @@ def _seed_problem(pipeline: PipelineFile, settings: Settings) -> str | None:
     return None
 
 
-def _run_with_backend(pipeline: PipelineFile, run_dir: Path, api_url: str, settings: Settings, show: Show) -> int:
+def _run_with_backend(pipeline: PipelineFile, run_dir: Path, api_url: str, settings: Settings, show: Show,
+                      reuse: Reuse) -> int:
     from flows.services import build_services, install
     from reference_backend.server import BackendServer
 
@@ -126,7 +140,7 @@ def _run_with_backend(pipeline: PipelineFile, run_dir: Path, api_url: str, setti
         created.raise_for_status()
         pipeline_id = created.json()["pipelineExecutionId"]
         progress = _progress(pipeline, pipeline_id, services, output)
-        state = _execute(pipeline, pipeline_id, run_dir, progress, output)
+        state = _execute(pipeline, pipeline_id, run_dir, progress, output, reuse)
         flush_outbox(services)
         services.close()
         output.close()
@@ -144,14 +158,15 @@ def _progress(pipeline: PipelineFile, pipeline_id: str, services: Services, outp
 
 
 def _execute(pipeline: PipelineFile, pipeline_id: str, run_dir: Path, progress: PipelineProgress,
-             output: JobOutput) -> Any:
+             output: JobOutput, reuse: Reuse) -> Any:
     from flows.pipeline_flow import PipelineStart, execute_pipeline, hand_over_pipeline
 
     output.emit(f"running pipeline {printable(pipeline.name)!r} ({len(pipeline.jobs)} jobs); output in {run_dir}")
     with progress:
         named = execute_pipeline.with_options(flow_run_name=f"{pipeline.name} [{pipeline_id[:8]}]")
         # The seed is a host path: handed to the flow in this process, never a flow-run parameter.
-        hand_over_pipeline(pipeline_id, PipelineStart(seed_directory=pipeline.path.resolve().parent))
+        hand_over_pipeline(pipeline_id, PipelineStart(seed_directory=pipeline.path.resolve().parent,
+                                                      reuse=not reuse.no_cache))
         return named(pipeline_id, return_state=True)
 
 

@@ -138,11 +138,21 @@ def _parser() -> argparse.ArgumentParser:
     run_cmd.add_argument("--verbose", action="store_true", help="also print Prefect's and the worker's INFO logging")
     run_cmd.add_argument("--timestamps", action="store_true",
                          help="print the seconds since the job's start before each line of its output")
+    run_cmd.add_argument("--no-cache", action="store_true",
+                         help="run every job, also those whose inputs did not change (their stored results replaced)")
+    run_cmd.add_argument("--explain", metavar="JOB",
+                         help="print why JOB's reuse key changed since its last successful run; run nothing")
     check_cmd = commands.add_parser("check", help="validate a pipeline file (exit 2 when invalid)")
     check_cmd.add_argument("file", type=Path, help="the pipeline file; - reads standard input")
     list_cmd = commands.add_parser("list", help="list the jobs of a pipeline file (exit 2 when invalid)")
     list_cmd.add_argument("file", type=Path, help="the pipeline file; - reads standard input")
     list_cmd.add_argument("--json", action="store_true", help="as a JSON list")
+    cache_cmd = commands.add_parser("cache", help="the job caches kept on this machine (see cicd-worker cache -h)")
+    cache_actions = cache_cmd.add_subparsers(dest="cache_action", required=True)
+    cache_ls = cache_actions.add_parser("ls", help="list the caches: key, size, last use")
+    cache_ls.add_argument("--json", action="store_true", help="as a JSON list")
+    cache_clear = cache_actions.add_parser("clear", help="remove the cache of KEY, or every cache")
+    cache_clear.add_argument("key", nargs="?", metavar="KEY", help="the key as `cache ls` shows it")
     commands.add_parser("deploy", help="create the global container limit on the Prefect server (pool mode)",
                         add_help=False)
     pool_cmd = commands.add_parser("pool-worker", help="run pool mode's jobs and pipelines on this host (long-lived)")
@@ -165,7 +175,8 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"max_concurrent_jobs": args.concurrency})
     selection = Selection(jobs=tuple(args.jobs), needs=args.needs, variables=tuple(args.var), env_file=args.env_file)
     return local_run.run(args.file, settings, dry=args.dry_run, selection=selection,
-                         show=local_run.Show(verbose=args.verbose, timestamps=args.timestamps))
+                         show=local_run.Show(verbose=args.verbose, timestamps=args.timestamps),
+                         reuse=local_run.Reuse(no_cache=args.no_cache, explain=args.explain))
 
 
 def _version() -> str:
@@ -202,6 +213,22 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def _offline_command(settings: Settings, args: argparse.Namespace) -> int:
+    """``check``, ``list`` and ``cache``: no Prefect, no engine, so that they stay fast."""
+    if args.command == "cache":
+        from cli import cache_commands
+
+        return cache_commands.list_caches(settings, args.json) if args.cache_action == "ls" else \
+            cache_commands.clear_caches(settings, args.key)
+    from cli import file_commands
+
+    if args.command == "list":
+        from cli.reuse_view import marks_for
+
+        return file_commands.list_jobs(args.file, args.json, marks_for(settings))
+    return file_commands.check(args.file)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--version"]:  # answered whatever the settings
@@ -215,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return deploy.main(settings, argv[1:])
     args = _parse(argv)
+    # Jobs' lines go to Prefect's run logs in records of ~64 KiB; Prefect's default batch (4 MB) held ~10 MiB of
+    # them in the worker's memory under a 50 MB log (bench/logs.py). Set before Prefect is imported.
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_BATCH_SIZE", "1000000")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns what matters
     if args.command == "serve":
@@ -225,11 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         return execute_pipeline(settings, args.pipeline_execution_id)
     if args.command == "pool-worker":
         return pool_worker(settings, args.pool, args.limit, args.name)
-    if args.command in ("check", "list"):
-        from cli import file_commands  # no Prefect: these commands stay fast
-
-        return file_commands.check(args.file) if args.command == "check" else \
-            file_commands.list_jobs(args.file, args.json)
+    if args.command in ("check", "list", "cache"):
+        return _offline_command(settings, args)
     if args.command == "run":
         return _run(settings, args)
     return 2

@@ -1,14 +1,15 @@
 """Pipeline files (``cicd-worker run PIPELINE.yaml``): parse, validate, report every error with its line.
 
 The format is described key by key in the README ("Pipeline files"). Reading the YAML safely (size, depth,
-tags, encoding, ``<<`` merge keys) is :mod:`cli.pipeline_yaml`; the keys are checked here, the graph by
-:mod:`cli.pipeline_graph`. Validation never stops at the first problem: every problem is collected with its
-line, at the key at fault (``pipeline.yaml:12: stages[0].jobs[1].imgae: unknown key (did you mean
-'image'?)``), before anything runs.
+tags, encoding, ``<<`` merge keys) is :mod:`cli.pipeline_yaml`; the keys are checked here, matrices expanded by
+:mod:`cli.pipeline_matrix`, the graph checked by :mod:`cli.pipeline_graph`. Validation never stops at the first
+problem: every problem is collected with its line, at the key at fault (``pipeline.yaml:12:
+stages[0].jobs[1].imgae: unknown key (did you mean 'image'?)``), before anything runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from cli.pipeline_cache import check_cache
 from cli.pipeline_checker import Checker
 from cli.pipeline_graph import check_graph
 from cli.pipeline_inputs import check_inputs
+from cli.pipeline_matrix import Expansion, Matrix, check_parallel, expand
 from cli.pipeline_services import check_services
 from cli.pipeline_yaml import FileUnreadable, Problems, compose, read_text
 from core.models import JobDTO
@@ -28,7 +30,7 @@ from core.models import JobDTO
 WHEN_VALUES = ("on_success", "on_failure", "always", "manual")
 _TOP_KEYS = {"name", "stages", "variables", "env", "defaults"}
 _STAGE_KEYS = {"name", "jobs"}
-_DEFAULT_KEYS = {"image", "before_script", "after_script", "variables", "env", "timeout", "retries"}
+_DEFAULT_KEYS = {"image", "before_script", "after_script", "variables", "env", "timeout", "retries", "cache"}
 _JOB_KEYS = {"name", "image", "script", "before_script", "after_script", "needs", "allow_failure", "artifacts",
              "working_dir", "variables", "env", "timeout", "retries", "when", "services", "cache", "inputs",
              "parallel"}
@@ -66,6 +68,10 @@ class FileJob:
     """Globs of the files whose content decides whether the job may be reused (:mod:`cli.pipeline_inputs`)."""
     line: int = 0
     need_lines: list[int] = field(default_factory=list)
+    matrix: Matrix | None = None
+    """The ``parallel`` key read; None once the job is expanded (:mod:`cli.pipeline_matrix`)."""
+    expansion: Expansion | None = None
+    """Set on each job a matrix made: which job's matrix, with which values."""
 
     @property
     def env(self) -> dict[str, str]:
@@ -131,6 +137,7 @@ class _Defaults:
     variables: dict[str, str] = field(default_factory=dict)
     timeout: int | None = None
     retries: int | None = None
+    cache: dict[str, Any] | None = None
 
 
 def _check_defaults(checker: Checker, top: dict[str, yaml.Node]) -> _Defaults:
@@ -146,7 +153,8 @@ def _check_defaults(checker: Checker, top: dict[str, yaml.Node]) -> _Defaults:
         after_script=checker.strings(fields, "after_script", "defaults"),
         variables=checker.variables(fields, "defaults"),
         timeout=checker.integer(fields, "timeout", "defaults", 1, 7 * 24 * 3600),
-        retries=checker.integer(fields, "retries", "defaults", 0, 20))
+        retries=checker.integer(fields, "retries", "defaults", 0, 20),
+        cache=check_cache(checker, fields, "defaults"))
 
 
 def _check_script(checker: Checker, fields: dict[str, yaml.Node], key: str, node: yaml.Node) -> list[str]:
@@ -183,8 +191,9 @@ def _check_job(checker: Checker, node: yaml.Node, key: str, stage: str, order: i
         after_script=checker.strings(fields, "after_script", key) if "after_script" in fields
         else defaults.after_script,
         when=checker.choice(fields, "when", key, WHEN_VALUES) or "on_success",
-        services=check_services(checker, fields, key), cache=check_cache(checker, fields, key),
-        inputs=check_inputs(checker, fields, key),
+        services=check_services(checker, fields, key),
+        cache=check_cache(checker, fields, key) if "cache" in fields else defaults.cache,
+        inputs=check_inputs(checker, fields, key), matrix=check_parallel(checker, fields, key),
         line=fields.get("name", node).start_mark.line + 1)
     _check_dto(checker, job, fields, key, node)
     return job if name else None  # kept even when other keys are wrong, so that graph errors show too
@@ -246,6 +255,12 @@ def _check_stages(checker: Checker, top: dict[str, yaml.Node], root: yaml.Node,
     return stages, jobs
 
 
+def _expanded(job: FileJob, name: str, expansion: Expansion) -> FileJob:
+    """One job of ``job``'s matrix: its name, and the matrix's values over its variables."""
+    return dataclasses.replace(job, name=name, variables={**job.variables, **expansion.variables}, matrix=None,
+                               expansion=expansion)
+
+
 def load_pipeline_file(path: Path) -> PipelineFile:
     """Parse and validate (``-``: standard input); raises :class:`PipelineFileError` listing every problem."""
     problems = Problems(path)
@@ -263,6 +278,7 @@ def load_pipeline_file(path: Path) -> PipelineFile:
         problems.at(top["name"], "name", problem)
     variables = checker.variables(top, "")
     stages, jobs = _check_stages(checker, top, root, _check_defaults(checker, top))
+    jobs = expand(problems, jobs, name_problem, _expanded)
     check_graph(problems, jobs)
     if problems.found:
         raise PipelineFileError(problems.lines())

@@ -3,11 +3,13 @@
 * No job named: every job but the ``manual`` ones and the jobs that need one (through ``needs``).
 * Jobs named: only those (``manual`` ones included, run as ``on_success``); with ``--needs`` also every job
   they wait for, transitively (their ``needs``, or every job of the earlier stages for a job without
-  ``needs``). A need left out of the run is dropped: the job then starts without it.
-* Variables, later ones winning: the predefined ``CI_JOB_STAGE`` and ``CI_COMMIT_REF_NAME`` (the others are
-  set by the worker for both doors), the file's top-level ``variables``, ``defaults.variables``, the job's
-  ``variables``, the ``--env-file`` entries, the ``--var`` options. Values of variables whose names match the
-  worker's secret patterns are masked in every log, as in the service.
+  ``needs``). A need left out of the run is dropped: the job then starts without it. A job with a matrix is
+  named by its own name (all its jobs) or by the name of one of them (``"build [a]"``).
+* Variables, later ones winning: the predefined ``CI_JOB_STAGE``, ``CI_COMMIT_REF_NAME`` and, for a job a matrix
+  made, ``CI_NODE_INDEX`` and ``CI_NODE_TOTAL`` (the others are set by the worker for both doors), the file's
+  top-level ``variables``, ``defaults.variables``, the job's ``variables``, the ``--env-file`` entries, the
+  ``--var`` options, and last the matrix's values (the job's name says them). Values of variables whose names
+  match the worker's secret patterns are masked in every log, as in the service.
 """
 
 from __future__ import annotations
@@ -61,8 +63,8 @@ def prepare(pipeline: PipelineFile, selection: Selection) -> Prepared:
     for job in pipeline.jobs:
         if job.name not in chosen:
             continue
-        predefined = {"CI_JOB_STAGE": job.stage, **({"CI_COMMIT_REF_NAME": ref} if ref else {})}
-        variables = {**predefined, **pipeline.job_variables(job), **overrides}
+        variables = {**_predefined(job, ref), **pipeline.job_variables(job), **overrides,
+                     **(job.expansion.variables if job.expansion else {})}
         when = "on_success" if job.when == "manual" else job.when
         jobs.append(dataclasses.replace(job, needs=[need for need in job.needs if need in chosen],
                                         variables=variables, when=when))
@@ -73,19 +75,38 @@ def prepare(pipeline: PipelineFile, selection: Selection) -> Prepared:
     return Prepared(dataclasses.replace(pipeline, jobs=jobs, variables={}, commit_sha=sha), left_out)
 
 
-def _chosen(pipeline: PipelineFile, selection: Selection) -> set[str]:
+def _predefined(job: FileJob, ref: str | None) -> dict[str, str]:
+    predefined = {"CI_JOB_STAGE": job.stage, **({"CI_COMMIT_REF_NAME": ref} if ref else {})}
+    if job.expansion is not None:  # GitLab's names for a job's place in its matrix
+        predefined.update(CI_NODE_INDEX=str(job.expansion.index), CI_NODE_TOTAL=str(job.expansion.total))
+    return predefined
+
+
+def _named(pipeline: PipelineFile, selection: Selection) -> list[str]:
+    """The jobs named on the command line, a matrix job's name standing for all its jobs."""
     names = [job.name for job in pipeline.jobs]
-    unknown = [name for name in selection.jobs if name not in names]
+    matrices: dict[str, list[str]] = {}
+    for job in pipeline.jobs:
+        if job.expansion is not None:
+            matrices.setdefault(job.expansion.of, []).append(job.name)
+    unknown = [name for name in selection.jobs if name not in names and name not in matrices]
     if unknown:
-        raise SelectionError("\n".join(f"{pipeline.path}: no job named {name!r}{did_you_mean(name, names)}"
+        choices = [*names, *matrices]
+        raise SelectionError("\n".join(f"{pipeline.path}: no job named {name!r}{did_you_mean(name, choices)}"
                                        for name in unknown))
+    return [expanded for name in selection.jobs for expanded in matrices.get(name, [name])]
+
+
+def _chosen(pipeline: PipelineFile, selection: Selection) -> set[str]:
+    named = _named(pipeline, selection)
     graph = build_graph(nodes(pipeline.jobs))
-    if selection.jobs:
-        chosen = set(selection.jobs)
+    if named:
+        chosen = set(named)
         if selection.needs:
-            for name in selection.jobs:
+            for name in named:
                 chosen.update(node for node in nx.ancestors(graph, name) if isinstance(node, str))
         return chosen
+    names = [job.name for job in pipeline.jobs]
     manual = {job.name for job in pipeline.jobs if job.when == "manual"}
     return set(names) - _needing(pipeline.jobs, manual)
 

@@ -4,7 +4,7 @@ One row per job (status, duration, exit code), an allowed failure marked ``(allo
 every job that failed, allowed or not, its last lines; then the verdict with the total wall time, where the
 logs are, the Prefect UI link, and the artifacts when there are any. On a terminal the rows are one table;
 otherwise each is one plain line, ``final HH:MM:SS job=<name> stage=<stage> status=<STATUS> duration=<s>
-exit=<code|-> [(allowed to fail)]``.
+exit=<code|-> [(allowed to fail)|(cached)]``; a reused job (not run: its inputs had not changed) is marked ``cached``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from cli.pipeline_file import PipelineFile
 from cli.progress import PipelineProgress
 from core.job_records import JobRecord
 from core.models import ExecutionStatus
+from flows.reuse_store import REUSED_PREFIX
 
 ALLOWED = "allowed to fail"
+CACHED = "cached"  # reused: not run, its earlier run's result and artifacts restored (flows.reuse)
 
 
 @dataclass
@@ -41,6 +43,15 @@ def allowed_failure(pipeline: PipelineFile, record: JobRecord) -> bool:
     return record.name in allowed and record.status is ExecutionStatus.SUCCESS and record.exit_code not in (None, 0)
 
 
+def reused(record: JobRecord) -> bool:
+    """The job was not run: an earlier run's result was reused (its inputs had not changed)."""
+    return record.status is ExecutionStatus.SUCCESS and (record.message or "").startswith(REUSED_PREFIX)
+
+
+def _mark(pipeline: PipelineFile, record: JobRecord) -> str | None:
+    return ALLOWED if allowed_failure(pipeline, record) else CACHED if reused(record) else None
+
+
 def failed(pipeline: PipelineFile, record: JobRecord) -> bool:
     return record.status is ExecutionStatus.FAILED or allowed_failure(pipeline, record)
 
@@ -52,7 +63,7 @@ def print_summary(pipeline: PipelineFile, progress: PipelineProgress, output: Jo
     verdict = "SUCCEEDED" if outcome.succeeded else "FAILED"
     if console is not None:
         console.print(progress.table(records, f"pipeline {printable(pipeline.name)}: {verdict}",
-                                     lambda record: ALLOWED if allowed_failure(pipeline, record) else None))
+                                     lambda record: _mark(pipeline, record)))
     else:
         for record in records:
             output.emit("final " + _plain_row(pipeline, progress, record))
@@ -69,5 +80,6 @@ def print_summary(pipeline: PipelineFile, progress: PipelineProgress, output: Jo
 
 
 def _plain_row(pipeline: PipelineFile, progress: PipelineProgress, record: JobRecord) -> str:
-    return progress.line(record, every_exit=True) + (f" ({ALLOWED})" if allowed_failure(pipeline, record) else "")
+    mark = _mark(pipeline, record)
+    return progress.line(record, every_exit=True) + (f" ({mark})" if mark else "")
 

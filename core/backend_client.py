@@ -173,7 +173,16 @@ class BackendClient:
 
     def post_json_text(self, path: str, body: str) -> None:
         """POST an already serialised JSON body (the outbox stores payloads as text: no re-encoding)."""
-        self._request("POST", path, content=body.encode(), headers={"content-type": "application/json"})
+        data = body.encode()
+        headers = {"content-type": "application/json", "content-length": str(len(data))}
+
+        def build() -> httpx.Request:
+            # The body goes as a one-item iterator, which lets go of it once sent: httpx's request objects
+            # sit in reference cycles, freed only by a later run of the cycle collector, and would keep a
+            # megabyte log chunk alive until then (several of them under a steady stream of chunks).
+            return self._http.build_request("POST", path, content=iter((data,)), headers=headers)
+
+        self._request("POST", path, build)
 
     def send_log_chunk_text(self, body: str) -> bool:
         """``send_log_chunk`` for a chunk already serialised; False when the backend has no live logs."""

@@ -14,6 +14,8 @@
         │   │                      a missing image does not appear by waiting)
         │   └── ImageNotAllowed    image outside ``WORKER_ALLOWED_IMAGES``: refused before any engine call
         ├── ContainerLost          the container vanished while the job ran
+        ├── ServiceFailed          a service container could not start or exited before the job began (not
+        │                          retried; defined in ``executors.job_services``)
         ├── BackendError           the CI backend refused a call (4xx) or stayed unreachable
         │   (defined in ``core.backend_client``)
         └── ContainerLimitUnavailable  pool mode: the Prefect global concurrency limit is missing (not

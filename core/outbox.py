@@ -106,6 +106,7 @@ class Outbox:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._outcomes: dict[int, str] = {}
+        self._chunks_queued: dict[str, int] = {}  # job -> chunks put and not delivered nor set aside (this process)
         self._stop = threading.Event()
         self.sender = SupervisedLoop("outbox-sender", self._round, self._stop,
                                      stuck_after=self.limits.stuck_after_seconds,
@@ -121,9 +122,21 @@ class Outbox:
 
     def put_chunk(self, chunk: LogChunk) -> int | None:
         """Queue a live log chunk; None once the backend has shown it has no live-log endpoint."""
+        return self.put_chunk_lines(str(chunk.job_execution_id), chunk.seq, chunk.offset, chunk.lines)
+
+    def put_chunk_lines(self, job_execution_id: str, seq: int, offset: int, lines: list[str]) -> int | None:
+        """:meth:`put_chunk` from its parts: the JSON text is made from ``lines`` at once, with no model copy of
+        the list (a chunk may hold tens of thousands of lines)."""
         if not self.live_logs:
             return None
-        return self._put(str(chunk.job_execution_id), "chunk", chunk.to_wire())
+        text = chunk_json(job_execution_id, seq, offset, lines)
+        return self._put_text(job_execution_id, "chunk", text)
+
+    def undelivered_chunks(self, job_execution_id: str) -> int:
+        """Live log chunks of the job queued and not delivered yet: the shipper makes larger chunks while the
+        sender is behind (fewer requests carry the same lines)."""
+        with self._lock:
+            return self._chunks_queued.get(job_execution_id, 0)
 
     def put_artifact(self, job_execution_id: str, relative_path: str, local_file: Path) -> int:
         """Queue an upload; the file is moved into the outbox so it survives a restart.
@@ -141,15 +154,22 @@ class Outbox:
         return self._put(job_execution_id, "artifact", payload)
 
     def _put(self, job_execution_id: str, kind: str, payload: dict[str, Any]) -> int:
-        # A lone surrogate (bytes of job output or a file name that were not UTF-8) cannot be stored nor
-        # sent as UTF-8 text: it becomes U+FFFD here, once, for every kind of item.
-        text = _LONE_SURROGATE.sub("\ufffd", json.dumps(payload, ensure_ascii=False))
+        return self._put_text(job_execution_id, kind, json.dumps(payload, ensure_ascii=False))
+
+    def _put_text(self, job_execution_id: str, kind: str, text: str) -> int:
+        text = _storable(text)
         with self._changed:
             cursor = self._db.execute(
                 "INSERT INTO items (job_execution_id, kind, payload, created_at) VALUES (?, ?, ?, ?)",
                 (job_execution_id, kind, text, time.time()))
+            if kind == "chunk":
+                self._chunks_queued[job_execution_id] = self._chunks_queued.get(job_execution_id, 0) + 1
             self._changed.notify_all()
             return int(cursor.lastrowid or 0)
+
+    def _chunk_gone_locked(self, item: Item) -> None:
+        if item.kind == "chunk" and (left := self._chunks_queued.pop(item.job_execution_id, 0) - 1) > 0:
+            self._chunks_queued[item.job_execution_id] = left
 
     # -- observers ------------------------------------------------------------------------------
 
@@ -274,6 +294,7 @@ class Outbox:
         with self._changed:
             self._db.execute("DELETE FROM items WHERE id=?", (item.id,))
             self._db.execute("DELETE FROM failures WHERE item_id=?", (item.id,))
+            self._chunk_gone_locked(item)
             self._note_outcome(item, outcome)
             self._changed.notify_all()
 
@@ -301,6 +322,7 @@ class Outbox:
         with self._changed:
             dropped = self._db.execute("DELETE FROM items WHERE kind='chunk' AND state='pending'").rowcount
             self._db.execute("DELETE FROM failures WHERE item_id NOT IN (SELECT id FROM items)")
+            self._chunks_queued.clear()
             self._changed.notify_all()
         log.error("backend taken not to have %s (%s): live logs off, %d queued chunk(s) dropped; final statuses "
                   "carry the log", what, reason, dropped)
@@ -342,6 +364,7 @@ class Outbox:
         with self._changed:
             self._db.execute("UPDATE items SET state='dead', last_error=? WHERE id=?", (reason, item.id))
             self._save_failure_count(item.id, self._failure_count(item.id), cause)
+            self._chunk_gone_locked(item)
             self._note_outcome(item, f"{REJECTED}: {reason}")
             if item.kind == "artifact":
                 self._fail_queued_final_status(item, reason)
@@ -358,3 +381,15 @@ class Outbox:
                 payload["logs"] = (payload.get("logs") or "") + (
                     f"[cicd-worker] artifact {item.payload['path']} not delivered: {reason}\n")
                 self._db.execute("UPDATE items SET payload=? WHERE id=?", (json.dumps(payload), row_id))
+
+
+def chunk_json(job_execution_id: str, seq: int, offset: int, lines: list[str]) -> str:
+    """The wire text of a live log chunk (``LogChunk.to_wire()`` as JSON), the lines encoded once by ``json``."""
+    head = json.dumps({"jobExecutionId": str(uuid.UUID(job_execution_id)), "seq": int(seq), "offset": int(offset)})
+    return f'{head[:-1]}, "lines": {json.dumps(lines, ensure_ascii=False)}}}'
+
+
+def _storable(text: str) -> str:
+    """``text`` with every lone surrogate (bytes of job output or a file name that were not UTF-8) replaced by
+    U+FFFD: such text can be neither stored nor sent as UTF-8. ASCII text (``isascii`` is O(1)) has none."""
+    return text if text.isascii() else _LONE_SURROGATE.sub("\ufffd", text)

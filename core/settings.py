@@ -89,6 +89,10 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="deadline of one Docker API call (create, start, inspect, remove ...)")
     seed_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0,
                                 description="local runs: most bytes copied from the project into the workspace")
+    cache_max_bytes: int = Field(default=2 * 1024 ** 3, ge=0,
+                                 description="job caches kept on this host, in total; a bigger cache is not saved, "
+                                             "the least recently used go first")
+    cache_dir: Path | None = Field(default=None, description="where job caches are kept; default <state dir>/caches")
     outbox_max_attempts: int = Field(
         default=50, ge=1, description="failed deliveries of one item (answers, not an unreachable backend) "
                                       "before it is set aside as dead")
@@ -101,6 +105,11 @@ class Settings(BaseSettings):
     state_dir: Path = Path(os.path.expanduser("~/.cicd-worker"))
     # The issue names it WORKER_ID (not WORKER_WORKER_ID): an alias bypasses the prefix.
     worker_id: str = Field(default_factory=socket.gethostname, validation_alias=AliasChoices("WORKER_ID", "worker_id"))
+
+    @property
+    def cache_path(self) -> Path:
+        """The directory of this host's job caches (``WORKER_CACHE_DIR``, else ``caches`` in the state dir)."""
+        return self.cache_dir or self.state_dir / "caches"
 
     @field_validator("api_token")
     @classmethod

@@ -55,16 +55,17 @@ class ArtifactPattern:
         return _match_groups(self.groups, path.split("/"))
 
 
-def pattern_problem(text: str) -> str | None:
-    """Why one pattern is refused, or None."""
+def pattern_problem(text: str, what: str = "artifact", base: str = "the working directory") -> str | None:
+    """Why one pattern is refused, or None (``what``/``base``: whose pattern, relative to what; job ``inputs``
+    are such patterns too)."""
     if not text.strip():
-        return "empty artifact pattern"
+        return f"empty {what} pattern"
     if len(text) > MAX_ARTIFACT_PATTERN_CHARS:
-        return f"artifact pattern {text[:40]!r}... is {len(text)} characters; at most {MAX_ARTIFACT_PATTERN_CHARS}"
+        return f"{what} pattern {text[:40]!r}... is {len(text)} characters; at most {MAX_ARTIFACT_PATTERN_CHARS}"
     if text.startswith("/"):
-        return f"artifact path {text!r} is absolute: paths are relative to the working directory"
+        return f"{what} path {text!r} is absolute: paths are relative to {base}"
     if ".." in text.split("/"):
-        return f"artifact path {text!r} leaves the working directory ('..')"
+        return f"{what} path {text!r} leaves {base} ('..')"
     return None
 
 

@@ -27,13 +27,13 @@ import posixpath
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from executors.artifact_patterns import archive_roots, parse_patterns
-from executors.tar_stream import HARD_LINK, TarEntry, TarError, TarReader
+from executors.tar_stream import HARD_LINK, ChunkReader, TarEntry, TarError, TarReader
 
 _COPY_BLOCK = 1 << 20
 
@@ -155,7 +155,7 @@ class _Collector:
         except FileNotFoundError:
             return  # its patterns matched nothing: warned at the end
         try:
-            reader = TarReader(io.BufferedReader(_BudgetedReader(stream, self), _COPY_BLOCK))
+            reader = TarReader(io.BufferedReader(ChunkReader(_budgeted(stream, self)), _COPY_BLOCK))
             while (entry := reader.next()) is not None:
                 relative = _relative(root, entry.name)
                 if relative and not self._entry(reader, entry, relative, root):
@@ -230,29 +230,17 @@ class _Collector:
                               "(WORKER_ARTIFACT_COLLECT_TIMEOUT_SECONDS): stopped")
 
 
-class _BudgetedReader(io.RawIOBase):
-    """A file-like view of an archive's chunks for the tar reader, each chunk counted against the budget."""
+def _budgeted(chunks: ArchiveChunks, collector: _Collector) -> Callable[[], bytes | None]:
+    """The chunks of an archive one by one, each counted against the collection's budget."""
+    iterator = iter(chunks)
 
-    def __init__(self, chunks: ArchiveChunks, collector: _Collector) -> None:
-        self._chunks = iter(chunks)
-        self._collector = collector
-        self._pending = memoryview(b"")
+    def take() -> bytes | None:
+        chunk = next(iterator, None)
+        if chunk is not None:
+            collector.count_read(len(chunk))
+        return chunk
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, target: bytearray | memoryview) -> int:  # type: ignore[override]
-        while not self._pending:
-            try:
-                chunk = next(self._chunks)
-            except StopIteration:
-                return 0
-            self._collector.count_read(len(chunk))
-            self._pending = memoryview(chunk)
-        count = min(len(target), len(self._pending))
-        target[:count] = self._pending[:count]
-        self._pending = self._pending[count:]
-        return count
+    return take
 
 
 def _relative(root: str, name: str) -> str:

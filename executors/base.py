@@ -11,9 +11,10 @@ Who calls what, in which order:
   runs only) → ``run`` once per attempt of each job, from many threads at once → ``remove_volume``
   in a ``finally`` (also when ``create_volume`` raised: the first container create may have made it).
 * **Start-up recovery** (``flows.recovery``), one thread, before this process runs any job:
-  ``leftover_containers`` → ``captured_output`` and ``remove_container`` for each → ``leftover_volumes``
-  → ``remove_volume`` for each. A pool flow process removes only the containers of its own cut-off
-  jobs, since other processes of the same worker id run beside it.
+  ``leftover_containers`` → ``captured_output`` and ``remove_container`` for each → ``leftover_networks``
+  → ``remove_network`` for each → ``leftover_volumes`` → ``remove_volume`` for each. A pool flow process
+  removes only the containers (services included) and networks of its own cut-off jobs, since other
+  processes of the same worker id run beside it.
 
 What every method promises:
 
@@ -44,6 +45,38 @@ from executors.artifacts import ArtifactCollection
 LogSink = Callable[[str], None]
 DEFAULT_CAP_DROP = ("NET_RAW", "MKNOD", "AUDIT_WRITE", "SETFCAP")
 """Raw sockets (packet spoofing), device nodes, audit log writes, file capabilities: not for CI jobs."""
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """A job's cache: ``paths`` of its working dir kept on this host under a key across runs."""
+
+    key: str
+    """The key as written; ``$VAR`` / ``${VAR}`` are taken from the job's env. Ignored when ``files`` is set."""
+    paths: tuple[str, ...]
+    """Relative to the working dir; absolute ones and ``..`` are refused (logged) when the job runs."""
+    directory: Path
+    """Where this host keeps its caches (``executors.cache_store``)."""
+    files: tuple[str, ...] = ()
+    """When set, the key is a hash of these files' content as the job starts (lock files, say)."""
+    policy: str = "pull-push"
+    """``pull-push``, ``pull`` (restore, never save) or ``push`` (save, never restore)."""
+    max_bytes: int = 2 * 1024 ** 3
+    """All caches of the host together; a single cache bigger than this is not saved."""
+    timeout_seconds: float = 300.0
+    """Time budget of reading the cache paths from the container when saving."""
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A service container beside the job (a database, say), reached by ``alias`` on the job's own network."""
+
+    image: str
+    alias: str
+    """Host name the job reaches it by (``executors.job_services.default_alias`` when none was given)."""
+    command: tuple[str, ...] = ()
+    """Replaces the image's command (its entrypoint stays); empty: the image's own."""
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # may hold passwords: never in a logged repr
 
 
 @dataclass(frozen=True)
@@ -82,6 +115,11 @@ class JobSpec:
     """CPU limit (2.0: two CPUs' worth of time); capped at the engine's CPU count. None: no limit."""
     read_only_rootfs: bool = False
     """Root filesystem read-only; ``/tmp`` is then a tmpfs and the workspace volume stays writable."""
+    cache: CacheSpec | None = None
+    """Folders of the working dir restored before the script and saved after a success (``executors.job_cache``)."""
+    services: tuple[ServiceSpec, ...] = ()
+    """Service containers started before the job on a network of its own, removed after it
+    (``executors.job_services``); ``network`` is then that network."""
 
 
 @dataclass
@@ -115,6 +153,16 @@ class LeftoverContainer:
     """The job execution it ran (``JobSpec.job_execution_id``); None for one that ran no job (a workspace seed)."""
     labels: dict[str, str] = field(default_factory=dict)
     """The labels it was created with: ``JobSpec.labels`` among them (the flow run id of the job, say)."""
+    service_of: str | None = None
+    """For a service container: the job execution it served (it ran no job itself: never reported as one)."""
+
+
+@dataclass(frozen=True)
+class LeftoverNetwork:
+    """A job's network (``JobSpec.services``) that a life of this worker id created and did not remove."""
+
+    name: str
+    job_execution_id: str | None
 
 
 class Executor(Protocol):
@@ -132,8 +180,10 @@ class Executor(Protocol):
         ``spec.timeout_seconds`` the job is stopped the same way and the result says ``timed_out``.
         Artifacts named by the spec are copied out before cleanup, when the job succeeded or
         ``artifacts_when`` is ``always``, into a temporary directory that the caller owns
-        (``executors.artifacts.discard`` deletes it). Whatever happens, nothing the run created is left
-        behind. Raises :class:`core.errors.InfrastructureError` subclasses only.
+        (``executors.artifacts.discard`` deletes it). With ``spec.services``, they run beside the job and, when
+        it did not succeed, their last lines follow its output, each prefixed with ``[alias]``. Whatever
+        happens, nothing the run created is left behind. Raises :class:`core.errors.InfrastructureError`
+        subclasses only.
         """
         ...
 
@@ -172,6 +222,20 @@ class Executor(Protocol):
 
     def leftover_volumes(self) -> list[str]:
         """The names of every volume carrying this worker id (workspaces a cut-off run did not remove)."""
+        ...
+
+    def image_id(self, image: str) -> str | None:
+        """The id of ``image`` as present on this host (not its tag), or None when it is not present; never
+        pulls. Raises ``EngineUnavailable`` when the engine does not answer. Reuse keys are built on it."""
+        ...
+
+    def leftover_networks(self) -> list[LeftoverNetwork]:
+        """Every job network (``JobSpec.services``) carrying this worker id, with the job it was made for."""
+        ...
+
+    def remove_network(self, name: str) -> None:
+        """Remove network ``name``; a missing one is fine, and a failure is logged, never raised (like
+        ``remove_volume``)."""
         ...
 
 

@@ -8,7 +8,8 @@ the container is always removed.
 
 Containers hold little: network ``none`` by default, no new privileges, the capabilities a CI job does not
 need dropped (``JobSpec.cap_drop``), pids, memory and CPU limits, optionally a read-only root with a tmpfs
-``/tmp``; an image outside ``allowed_images`` is refused before any engine call.
+``/tmp``; an image outside ``allowed_images`` is refused before any engine call. A job with services runs on
+an internal network of its own instead, beside its service containers (:mod:`executors.job_services`).
 
 A wedged engine accepts connections and never answers: every engine call has a deadline
 (``docker_timeout_seconds``), a run pings the engine while it waits (a ``wait`` timing out is normal), and
@@ -28,6 +29,7 @@ import tarfile
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,8 +44,10 @@ from docker.utils import parse_repository_tag
 
 from core.errors import ContainerLost, EngineUnavailable, ImageNotAllowed, ImageUnavailable
 from executors.artifacts import ArtifactCollection, ArtifactLimits, collect_artifacts
-from executors.base import JobResult, JobSpec, LeftoverContainer, LogSink, acquire_slot
+from executors.base import JobResult, JobSpec, LeftoverContainer, LeftoverNetwork, LogSink, acquire_slot
 from executors.container_files import ContainerFiles
+from executors.job_cache import JobCache
+from executors.job_services import LABEL_SERVICE_OF, JobServices, check_aliases, remove_network
 from executors.output import FrameReader, LineSplitter, whole_line_tail
 from executors.script import build_shell_script
 from executors.workspace_seed import DEFAULT_MAX_BYTES as DEFAULT_SEED_MAX_BYTES
@@ -130,12 +134,17 @@ class DockerExecutor:
     def run(self, spec: JobSpec, log_sink: LogSink, cancel: threading.Event) -> JobResult:
         """Run ``spec`` to the end; see the module docstring."""
         self.check_image_allowed(spec.image)  # before any engine call: a refused image costs nothing
+        for service in spec.services:
+            self.check_image_allowed(service.image)
+        check_aliases(spec.services)
         started = datetime.now(UTC)
         if not acquire_slot(self._slots, cancel, poll_seconds=0.2):
             return JobResult(exit_code=None, started_at=started, finished_at=datetime.now(UTC), canceled=True)
         with self._client_lock:
             self._running += 1
         try:
+            if spec.services:
+                return self._run_with_services(spec, log_sink, cancel, started)
             return self._run_in_slot(spec, log_sink, cancel, started)
         finally:
             self._slots.release()
@@ -149,6 +158,24 @@ class DockerExecutor:
             client = self._client if self._running == 0 else None
         if client is not None:
             client.api.close()
+
+    def _run_with_services(self, spec: JobSpec, log_sink: LogSink, cancel: threading.Event,
+                           started: datetime) -> JobResult:
+        """Start the job's services on a network of its own, run the job on it, then remove them all; when the job
+        did not succeed, the services' last output lines go to its log (:mod:`executors.job_services`)."""
+        services = JobServices(self, spec, {**spec.labels, LABEL_WORKER: self.worker_id},
+                               {LABEL_WORKER: self.worker_id, LABEL_JOB: spec.job_execution_id},
+                               self._nano_cpus(spec.cpus))
+        result: JobResult | None = None
+        try:
+            if not services.start(cancel):
+                return JobResult(None, started, datetime.now(UTC), canceled=True)
+            result = self._run_in_slot(replace(spec, network=services.network), log_sink, cancel, started)
+            return result
+        finally:
+            if result is None or not result.succeeded:
+                services.report(log_sink)
+            services.remove()
 
     def _run_in_slot(self, spec: JobSpec, log_sink: LogSink, cancel: threading.Event,
                      started: datetime) -> JobResult:
@@ -196,6 +223,15 @@ class DockerExecutor:
                         f"image {image!r} is not present on this worker and the pull policy 'never' "
                         "forbids pulling it") from None
         self._pull(image)
+
+    def image_id(self, image: str) -> str | None:
+        """The local image's id (``docker image inspect``), or None when it is not here; never pulls."""
+        try:
+            return str(self.client.images.get(image).id)
+        except docker.errors.ImageNotFound:
+            return None
+        except _ENGINE_ERRORS as exc:
+            raise self.engine_error(f"inspecting image {image}", exc) from exc
 
     def _pull(self, image: str) -> None:
         # The high-level pull hides errors that arrive inside the progress stream: read it ourselves.
@@ -265,6 +301,8 @@ class DockerExecutor:
 
     def _supervise(self, container: Container, spec: JobSpec, log_sink: LogSink,
                    cancel: threading.Event) -> JobResult:
+        cache = JobCache(spec, self.client.api, container.id or container.name, log_sink)
+        cache.restore()  # into the created container: the script finds it; nothing here fails the job
         splitter = LineSplitter(log_sink, self.max_line_chars)
         # Attach before start so that no early output is missed; the stream ends when the container exits.
         stream = self.client.api.attach_socket(container.id, params=_ATTACH_PARAMS)
@@ -281,6 +319,8 @@ class DockerExecutor:
                            timed_out=timed_out, canceled=canceled, log_bytes=splitter.total_bytes)
         if spec.artifacts and not canceled and (result.succeeded or spec.artifacts_when == "always"):
             result.artifacts = self._collect(container, spec)
+        if result.succeeded:
+            cache.save()
         return result
 
     def _collect(self, container: Container, spec: JobSpec) -> ArtifactCollection:
@@ -342,7 +382,8 @@ class DockerExecutor:
         except _ENGINE_ERRORS as exc:
             raise self.engine_error("listing the containers of this worker", exc) from exc
         return [LeftoverContainer(container.id or container.name, container.labels.get(LABEL_JOB),
-                                  dict(container.labels)) for container in found]
+                                  dict(container.labels), container.labels.get(LABEL_SERVICE_OF))
+                for container in found]
 
     def captured_output(self, container_id: str, tail_bytes: int) -> bytes:
         """The engine's copy of a container's output, its tail from a whole line (``Executor.captured_output``)."""
@@ -370,6 +411,24 @@ class DockerExecutor:
         except _ENGINE_ERRORS as exc:
             raise self.engine_error("listing the volumes of this worker", exc) from exc
         return [volume.name for volume in volumes]
+
+    def leftover_networks(self) -> list[LeftoverNetwork]:
+        """The job networks labelled with this worker id (``Executor.leftover_networks``)."""
+        try:
+            networks = self.client.networks.list(filters={"label": f"{LABEL_WORKER}={self.worker_id}"})
+        except _ENGINE_ERRORS as exc:
+            raise self.engine_error("listing the networks of this worker", exc) from exc
+        return [LeftoverNetwork(network.name, (network.attrs.get("Labels") or {}).get(LABEL_JOB))
+                for network in networks]
+
+    def remove_network(self, name: str) -> None:
+        """Remove a job network; a missing one is fine, a failure is logged (``Executor.remove_network``)."""
+        try:
+            client = self.client
+        except EngineUnavailable as exc:
+            log.error("could not remove network %s: %s", name, exc)
+            return
+        remove_network(client, name)
 
     def _raise_if_engine_went_away(self, exit_code: int) -> None:
         """A stopping engine kills its containers (143/137) just before it goes: that is not the job's fault.

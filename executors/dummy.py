@@ -16,6 +16,7 @@ happens instead:
 ``DUMMY_ARTIFACTS``      comma-separated relative paths collected as artifacts (each file holds its own path),
                          under the same rule as a container's (``artifacts_when``)
 
+``JobSpec.services`` are recorded with the spec, never played (service containers have real-engine tests).
 Every call is recorded in ``calls`` (``(method, argument)`` pairs, in order) for tests to assert on; the
 runs themselves in ``specs``. A test can plant what a crashed worker left with :meth:`DummyExecutor.leave`.
 """
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from core.errors import ContainerLost, EngineUnavailable, ImageUnavailable
 from executors.artifacts import ArtifactCollection, CollectedArtifact
-from executors.base import Executor, JobResult, JobSpec, LeftoverContainer, LogSink, acquire_slot
+from executors.base import Executor, JobResult, JobSpec, LeftoverContainer, LeftoverNetwork, LogSink, acquire_slot
 from executors.output import whole_line_tail
 from executors.workspace_seed import DEFAULT_MAX_BYTES, plan_seed
 
@@ -50,6 +51,8 @@ class DummyExecutor:
         self.specs: list[JobSpec] = []
         self.volumes: dict[str, dict[str, str]] = {}
         self.seeded: dict[str, list[str]] = {}
+        self.networks: dict[str, str | None] = {}
+        """Job networks (``JobSpec.services``) a crashed life left, by name: the job each was made for."""
         """Relative paths of the files each seeded volume got."""
         self._slots = threading.BoundedSemaphore(max_containers)
         self._lock = threading.Lock()
@@ -134,6 +137,10 @@ class DummyExecutor:
             self.seeded[name] = [entry.path for entry in plan.entries if entry.kind == "file"]
         return plan.warnings
 
+    def image_id(self, image: str) -> str | None:
+        """A made-up id derived from the name (``DUMMY_IMAGE_MISSING`` is per job: every image is present)."""
+        return "sha256:" + hashlib.sha256(image.encode()).hexdigest()
+
     def remove_volume(self, name: str) -> None:
         self._record("remove_volume", name)
         with self._lock:
@@ -141,13 +148,15 @@ class DummyExecutor:
 
     # -- what a previous life left --------------------------------------------------------------------------
 
-    def leave(self, job_execution_id: str | None, output: str = "", labels: dict[str, str] | None = None) -> str:
-        """Plant a container as a crashed life would have left it, with its captured ``output``; returns its id."""
+    def leave(self, job_execution_id: str | None, output: str = "", labels: dict[str, str] | None = None,
+              service_of: str | None = None) -> str:
+        """Plant a container as a crashed life would have left it, with its captured ``output`` (``service_of``:
+        a service container of that job execution); returns its id."""
         with self._lock:
             self._next_id += 1
             container_id = f"dummy-{self._next_id}"
             leftover = LeftoverContainer(container_id, job_execution_id,
-                                         {**(labels or {}), "cicd.worker-id": self.worker_id})
+                                         {**(labels or {}), "cicd.worker-id": self.worker_id}, service_of)
             self._containers[container_id] = (leftover, bytearray(output.encode()))
         return container_id
 
@@ -173,6 +182,16 @@ class DummyExecutor:
         self._record("leftover_volumes", "")
         with self._lock:
             return list(self.volumes)
+
+    def leftover_networks(self) -> list[LeftoverNetwork]:
+        self._record("leftover_networks", "")
+        with self._lock:
+            return [LeftoverNetwork(name, job) for name, job in self.networks.items()]
+
+    def remove_network(self, name: str) -> None:
+        self._record("remove_network", name)
+        with self._lock:
+            self.networks.pop(name, None)
 
 
 def _int(env: dict[str, str], name: str, default: int) -> int:

@@ -10,6 +10,7 @@ engine made it, and a reader out of step would meet a bad magic at once).
 
 from __future__ import annotations
 
+import io
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,3 +143,26 @@ def _pax_records(data: bytes) -> dict[str, str]:
         records[key.decode("ascii", errors="replace")] = _text(value)
         offset += length
     return records
+
+
+class ChunkReader(io.RawIOBase):
+    """A file-like view of an archive that the engine sends in chunks, for :class:`TarReader` (wrapped in an
+    ``io.BufferedReader``); ``take`` gives the next chunk, or None at the end (and may raise to stop reading)."""
+
+    def __init__(self, take: Callable[[], bytes | None]) -> None:
+        self._take = take
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: bytearray | memoryview) -> int:  # type: ignore[override]
+        while not self._pending:
+            chunk = self._take()
+            if chunk is None:
+                return 0
+            self._pending = memoryview(chunk)
+        count = min(len(target), len(self._pending))
+        target[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        return count

@@ -30,7 +30,11 @@ log = logging.getLogger(__name__)
 WORKER_PREFIX = "[cicd-worker]"
 _PREFECT_RECORD_BYTES = 65536  # one Prefect log record holds about this much (the API refuses records over 1 MB)
 _PREFECT_BATCH_SECONDS = 1.0
-_PENDING_CHUNKS = 8  # with a shipper, the lines not yet taken stay under this many chunks: the reader waits
+# The largest chunk a shipper takes by default (when it is behind: fewer requests). Each chunk in flight is held
+# several times (lines, JSON text, request body); 512 KiB measured half the memory of 1 MiB at nearly its speed.
+CATCH_UP_CHUNK_BYTES = 512 << 10
+_PENDING_BYTES = 1 << 20  # with a shipper, the lines not yet taken stay under this (or two largest chunks): the
+# reader waits. Held as str objects, a line of 50 bytes takes about 100: a few MiB whatever the chunk size.
 _PENDING_WAIT_SECONDS = 1.0  # a shipper that takes nothing for this long is not waited for any more
 _PREFECT_LIMIT_NOTE = f"{WORKER_PREFIX} further output not sent to Prefect (limit reached); the backend has it"
 
@@ -45,13 +49,17 @@ class JobLog:
     """
 
     def __init__(self, tail_bytes: int = 1_000_000, *, secrets: Iterable[str] = (), max_line_chars: int = 65536,
-                 chunk_bytes: int = 65536, prefect_max_bytes: int = 5_000_000) -> None:
+                 chunk_bytes: int = 65536, prefect_max_bytes: int = 5_000_000,
+                 max_chunk_bytes: int = CATCH_UP_CHUNK_BYTES) -> None:
         self._tail_bytes = tail_bytes
         self._masker = Masker(secrets)
         # None when there is nothing to mask: the hot path then pays one comparison per batch.
         self._mask = self._masker.mask if self._masker else None
         self._max_line_chars = max_line_chars
         self.chunk_bytes = chunk_bytes
+        self.max_chunk_bytes = max(chunk_bytes, max_chunk_bytes)
+        self._chunk_target = chunk_bytes  # chunk_full is set once this much waits; a chunk takes up to this
+        self._pending_limit = max(_PENDING_BYTES, 2 * self.max_chunk_bytes)
         self._prefect_budget = prefect_max_bytes
         # Whole batches, newest last, (lines, bytes with newlines): trimmed to tail_bytes at status time.
         self._tail: deque[tuple[list[str], int]] = deque()
@@ -131,16 +139,16 @@ class JobLog:
     def ship_in_chunks(self, shipping: bool = True) -> None:
         """Say that a shipper takes chunks (``LogShipper`` while it runs) or no longer does.
 
-        While one does, a thread adding lines waits when more than ``8 * chunk_bytes`` are waiting to be
-        taken: the job's output is held back in its pipe rather than piling up here (a job prints faster than
-        chunks are stored). A shipper that takes nothing for a second is not waited for.
+        While one does, a thread adding lines waits when more than 1 MiB (or two chunks of ``max_chunk_bytes``)
+        are waiting to be taken: the job's output is held back in its pipe rather than piling up here (a job
+        prints faster than chunks are stored). A shipper that takes nothing for a second is not waited for.
         """
         with self._lock:
             self._shipping = shipping
             self._taken.notify_all()
 
     def _wait_for_shipper_locked(self) -> None:
-        while self._shipping and self._chunk_size > _PENDING_CHUNKS * self.chunk_bytes:
+        while self._shipping and self._chunk_size > self._pending_limit:
             self.chunk_full.set()
             if not self._taken.wait(_PENDING_WAIT_SECONDS):
                 return
@@ -156,7 +164,7 @@ class JobLog:
         self._chunk_sizes.append(size)
         before = self._chunk_size
         self._chunk_size += size
-        if before < self.chunk_bytes <= self._chunk_size:
+        if before < self._chunk_target <= self._chunk_size:
             self.chunk_full.set()
 
     def _forward_locked(self, lines: list[str], size: int) -> None:
@@ -184,19 +192,29 @@ class JobLog:
                 log.exception("job log listener %r failed; dropped", callback)
                 self._listeners.remove(callback)
 
+    def aim(self, size: int) -> None:
+        """Make chunks of about ``size`` bytes (``chunk_bytes`` up to ``max_chunk_bytes``) from now on:
+        ``chunk_full`` says when that much waits, and :meth:`take_chunk` takes that much."""
+        with self._lock:
+            self._chunk_target = min(max(size, self.chunk_bytes), self.max_chunk_bytes)
+            if self._chunk_size >= self._chunk_target:
+                self.chunk_full.set()
+            else:
+                self.chunk_full.clear()
+
     def take_chunk(self) -> tuple[int, int, list[str]] | None:
         """The next lines not yet shipped as ``(seq, byte offset, lines)``, or None when there are none.
 
-        A chunk is about ``chunk_bytes``: whole batches up to the first that reaches it (a batch is a block of
-        output, at most a few hundred KiB), so that no stage of shipping holds megabytes at once; take
-        again until None to ship everything.
+        A chunk is about ``chunk_bytes`` (or what :meth:`aim` says): whole batches up to the first that
+        reaches it (a batch is a block of output, at most a few hundred KiB), so that no stage of shipping
+        holds megabytes at once; take again until None to ship everything.
         """
         with self._lock:
             self.chunk_full.clear()
             if not self._chunk:
                 return None
             count, size = 0, 0
-            while count < len(self._chunk) and size < self.chunk_bytes:
+            while count < len(self._chunk) and size < self._chunk_target:
                 size += self._chunk_sizes[count]
                 count += 1
             batches = self._chunk[:count]
@@ -206,7 +224,7 @@ class JobLog:
             self._chunk_offset += size
             del self._chunk[:count], self._chunk_sizes[:count]
             self._chunk_size -= size
-            if self._chunk_size >= self.chunk_bytes:
+            if self._chunk_size >= self._chunk_target:
                 self.chunk_full.set()
             self._taken.notify_all()
             return taken

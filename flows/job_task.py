@@ -27,6 +27,8 @@ from core.models import ExecutionStatus, JobExecutionDTO
 from core.settings import Settings
 from executors.artifacts import discard
 from executors.base import JobResult, JobSpec
+from executors.job_cache import cache_spec
+from executors.job_services import service_specs
 from flows.artifact_upload import publish_artifact_table, upload_artifacts
 from flows.global_limit import container_slot
 from flows.job_log import JobLog
@@ -34,6 +36,7 @@ from flows.pool_run import pool_labels
 from flows.predefined_env import with_predefined
 from flows.recovery import LABEL_FLOW_RUN
 from flows.reporting import JobReporter
+from flows.reuse import ReuseEntry, cache_options, settle
 from flows.services import current
 
 
@@ -55,6 +58,7 @@ class JobRun:
         self.script_retries = script_retries
         self.artifact_wait_seconds = artifact_wait_seconds  # how long the task waits for its uploads
         self.result: JobResult | None = None
+        self.reuse: ReuseEntry | None = None  # its reuse key, when it has one (flows.reuse)
 
 
 def job_spec(job: JobExecutionDTO, settings: Settings, workspace_volume: str | None = None) -> JobSpec:
@@ -76,6 +80,9 @@ def job_spec(job: JobExecutionDTO, settings: Settings, workspace_volume: str | N
         pids_limit=settings.container_pids_limit, memory_limit=settings.container_memory_limit,
         privileged=settings.privileged, cap_drop=tuple(settings.cap_drop), cap_add=tuple(settings.cap_add),
         cpus=settings.container_cpus, read_only_rootfs=settings.read_only_rootfs,
+        services=service_specs(job.job.services),
+        cache=cache_spec(job.job.cache, settings.cache_path, settings.cache_max_bytes,
+                         settings.artifact_collect_timeout_seconds),
     )
 
 
@@ -95,7 +102,8 @@ def run_container(run: JobRun) -> Any:
     """Run the job's container once; raise on failure so that Prefect's retry rule applies."""
     context = TaskRunContext.get()
     attempt = context.task_run.run_count if context else 1
-    return _final_state(one_attempt(run, attempt, get_run_logger(), publish_artifact_table))
+    summary = one_attempt(run, attempt, get_run_logger(), publish_artifact_table)
+    return _final_state(settle(run.reuse, run.job, run.reporter.record.flow_run_id, summary))
 
 
 Publish = Callable[[str, str, list[dict[str, object]]], None]
@@ -162,6 +170,8 @@ def _attempt(run: JobRun, logger: Any, publish: Publish) -> dict[str, Any]:
         metrics.RUNNING_CONTAINERS.dec()
         run.log.forward_to(None)
     run.result = result
+    if run.reuse is not None and result.succeeded:
+        run.reuse.keep_artifacts(result.artifacts)  # before the upload moves them into the outbox
     try:
         rows = upload_artifacts(run.reporter.outbox, str(run.job.id), result.artifacts, run.log,
                                 wait_seconds=run.artifact_wait_seconds)
@@ -239,4 +249,5 @@ def job_task(run: JobRun, settings: Settings, tags: list[str] | None = None) -> 
         retry_delay_seconds=settings.retry_delay_seconds,
         retry_condition_fn=functools.partial(_should_retry, run),
         tags=tags,
+        **cache_options(run.reuse),  # Prefect's cache on the job's reuse key, when it has one
     )

@@ -9,6 +9,8 @@ the executor's slots are shared by every flow.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +29,21 @@ from flows.job_task import JobRun, job_task, new_job_run
 from flows.pipeline_plan import PipelineRun, load_pipeline
 from flows.planning import Outcome, Scheduler, upstream
 from flows.reporting import JobReporter
+from flows.reuse import (
+    PipelineReuse,
+    ReuseEntry,
+    ReuseStore,
+    answered_from_cache,
+    cached_record,
+    restore,
+    restore_workspace,
+    workspace_prefix,
+)
+from flows.reuse_keys import InputFiles
 from flows.services import Services, current
 from flows.workspace import pipeline_workspace_name, workspace
 
+_RESTORE_THREADS = 4  # reused jobs reported at once (each waits for the upload of its artifacts)
 _OUTCOME_OF = {ExecutionStatus.SUCCESS: Outcome.SUCCESS, ExecutionStatus.CANCELED: Outcome.CANCELED}
 
 
@@ -40,16 +54,23 @@ def pipeline_run_name(pipeline_execution_id: UUID | str) -> str:
 class PipelineDriver:
     """Walks one planned pipeline run: submit ready jobs, collect outcomes, cancel downstream."""
 
-    def __init__(self, pipeline: PipelineRun, services: Services, workspace_volume: str | None = None) -> None:
+    def __init__(self, pipeline: PipelineRun, services: Services, workspace_volume: str | None = None,
+                 reuse: PipelineReuse | None = None) -> None:
         self.pipeline = pipeline
         self.workspace_volume = workspace_volume
         self.services = services
         self.settings = services.settings
+        self.reuse = reuse or PipelineReuse(ReuseStore(self.settings.state_dir), None, services.executor.image_id)
         self.scheduler = Scheduler(pipeline.graph)
         self.runs: dict[str, JobRun] = {}
         self.reporters = {job_id: self._reporter(job_id) for job_id in pipeline.jobs}
         self.running: dict[concurrent.futures.Future[Any], str] = {}
         self.futures: dict[str, PrefectFuture[Any]] = {}
+        self.restoring: dict[str, dict[str, Any]] = {}  # reused jobs being reported, their stored records
+        self.workspace_steps: list[Callable[[], object]] = []
+        """Copies into the workspace not made yet (the project's seed, reused jobs' outputs), in order: made before
+        the first job that runs, so a run where every job is reused copies nothing."""
+        self.workspace_problem: str | None = None
 
     def _reporter(self, job_id: str) -> JobReporter:
         job = self.pipeline.jobs[job_id]
@@ -61,11 +82,40 @@ class PipelineDriver:
     def run(self) -> None:
         self._drop(self.scheduler.take_notices())  # jobs skipped before anything ran (their ``when``)
         self._submit_ready()
-        while self.running:
-            done, _ = concurrent.futures.wait(list(self.running), return_when=concurrent.futures.FIRST_COMPLETED)
-            for future in done:
-                self._finished(self.running.pop(future))
-            self._submit_ready()
+        with concurrent.futures.ThreadPoolExecutor(_RESTORE_THREADS, thread_name_prefix="reuse") as restorer:
+            while self.running:
+                done, _ = concurrent.futures.wait(list(self.running), return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    self._task_done(self.running.pop(future), restorer)
+                self._submit_ready()
+
+    def _task_done(self, job_id: str, restorer: concurrent.futures.ThreadPoolExecutor) -> None:
+        """A job's task (or its restore) ended: a reused job is reported and its artifacts uploaded again first,
+        side by side with the others, its outputs queued for the workspace; any other job is finished."""
+        if job_id in self.restoring:
+            kept = self.restoring.pop(job_id)
+            if self.workspace_volume is not None:
+                self.workspace_steps.append(functools.partial(
+                    restore_workspace, kept, self.pipeline.jobs[job_id].job.docker_image, self.services.executor,
+                    self.workspace_volume, self.settings))
+            self._finished(job_id)
+            return
+        record = self._cached(job_id)
+        if record is None:
+            self._finished(job_id)
+            return
+        self.restoring[job_id] = record  # Prefect answered from its cache: nothing ran
+        self.running[restorer.submit(restore, self.reporters[job_id], record, self.settings)] = job_id
+
+    def _prepare_workspace(self) -> str | None:
+        """Make the pending workspace copies, in order; why they failed (then for good), or None."""
+        while self.workspace_steps and self.workspace_problem is None:
+            step = self.workspace_steps.pop(0)
+            try:
+                step()
+            except Exception as exc:  # any failure fails the jobs that need it, reported, rather than the flow
+                self.workspace_problem = f"{type(exc).__name__}: {exc}"
+        return self.workspace_problem
 
     def _submit_ready(self) -> None:
         for job_id in self.scheduler.take_ready():
@@ -74,11 +124,23 @@ class PipelineDriver:
                 self._finished(job_id, canceled_before_start=True)
                 continue
             run = new_job_run(reporter.job, reporter, self.settings, workspace_volume=self.workspace_volume)
+            run.reuse = self._reuse_entry(job_id, run)
             self.runs[job_id] = run
+            if not answered_from_cache(run.reuse) and (problem := self._prepare_workspace()):
+                reporter.log.note(f"job failed: the workspace could not be prepared: {problem}")
+                reporter.final(ExecutionStatus.FAILED, message=f"workspace: {problem}")
+                self._finished(job_id)
+                continue
             # Untagged on purpose: see flows/job_flow.py (tag concurrency checks cost seconds per task start).
             future: PrefectFuture[Any] = job_task(run, self.settings).submit(run, wait_for=self._upstream(job_id))
             self.futures[job_id] = future
             self.running[future.wrapped_future] = job_id  # type: ignore[attr-defined]
+
+    def _reuse_entry(self, job_id: str, run: JobRun) -> ReuseEntry | None:
+        """The job's reuse key (:mod:`flows.reuse`), from the keys of the jobs it waits for."""
+        needs = {self.pipeline.jobs[dep].job.name: dep for dep in upstream(self.pipeline.graph, job_id)}
+        prefix = workspace_prefix(run.spec.working_dir, run.spec.workspace_mount, self.workspace_volume)
+        return self.reuse.entry(job_id, run.job, needs, prefix)
 
     def _upstream(self, job_id: str) -> list[Any]:
         """The task runs of the jobs this one waits for, as Prefect's ``wait_for``: recorded as the task run's
@@ -100,6 +162,17 @@ class PipelineDriver:
             reporter.final(ExecutionStatus.FAILED, message="task ended without a report")
         outcome = _OUTCOME_OF.get(reporter.record.status, Outcome.FAILED)
         self._drop(self.scheduler.finish(job_id, outcome))
+
+    def _cached(self, job_id: str) -> dict[str, Any] | None:
+        """What a reused job's task answered from the cache, or None when its task ran."""
+        future = self.futures.get(job_id)
+        if future is None or self.reporters[job_id].final_sent:
+            return None
+        try:
+            state = future.wrapped_future.result()  # type: ignore[attr-defined]  # the final state: no API call
+        except Exception:  # the task's thread itself broke: reported FAILED by the caller
+            return None
+        return cached_record(state)
 
     def _drop(self, notices: list[tuple[str, str]]) -> None:
         """Report jobs canceled by a failure upstream or skipped by their ``when`` (CANCELED, with the reason)."""
@@ -126,6 +199,7 @@ class PipelineStart:
 
     planned: PipelineRun | None = None  # already fetched and planned: not fetched again
     seed_directory: Path | None = None  # files the workspace starts with (local runs: the pipeline's directory)
+    reuse: bool = True  # False: every job runs and overwrites its stored result (``--no-cache``)
 
 
 _handed_over: HandOff[PipelineStart] = HandOff()
@@ -154,17 +228,26 @@ def execute_pipeline(pipeline_execution_id: str) -> Any:
     return _execute_pipeline(pipeline_execution_id, start)
 
 
+def _pipeline_reuse(start: PipelineStart, services: Services) -> PipelineReuse:
+    """Reuse keys for this run: a job's ``inputs`` are hashed in the seed folder, so only a run that has one
+    (``cicd-worker run``) gives keys; a backend's pipeline run (no seed) runs every job."""
+    settings = services.settings
+    files = InputFiles(start.seed_directory, settings.seed_max_bytes) if start.seed_directory is not None else None
+    return PipelineReuse(ReuseStore(settings.state_dir), files, services.executor.image_id, enabled=start.reuse)
+
+
 def _execute_pipeline(pipeline_execution_id: str, start: PipelineStart) -> Any:
     services = current()
     planned = start.planned or load_pipeline(services.backend, UUID(pipeline_execution_id))
     volume_name = pipeline_workspace_name(str(planned.pipeline_execution_id))
     with workspace(volume_name, {"cicd.pipeline-execution-id": str(planned.pipeline_execution_id)}) as volume:
-        if start.seed_directory is not None:
+        driver = PipelineDriver(planned, services, volume, _pipeline_reuse(start, services))
+        if start.seed_directory is not None:  # copied before the first job that runs (none when all are reused)
             first_image = next(iter(planned.jobs.values())).job.docker_image
             settings = services.settings
-            services.executor.seed_volume(volume, start.seed_directory, first_image, settings.default_working_dir,
-                                       max_bytes=settings.seed_max_bytes)
-        driver = PipelineDriver(planned, services, volume)
+            driver.workspace_steps.append(functools.partial(
+                services.executor.seed_volume, volume, start.seed_directory, first_image,
+                settings.default_working_dir, max_bytes=settings.seed_max_bytes))
         records = [reporter.record for reporter in driver.reporters.values()]
         with services.cancel_watch.watching(runtime_flow_run.id, lambda: records) as watcher:
             driver.run()

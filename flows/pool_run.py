@@ -64,7 +64,9 @@ def start_pool_process(settings: Settings, worker_name: str) -> Services:
     global _worker_name
     slot = _take_slot(settings.state_dir)
     # The outbox, the in-flight list and the job records of this process live in the slot.
-    services = install(build_services(settings.model_copy(update={"state_dir": slot})))
+    # The caches stay the host's, shared by its slots.
+    services = install(build_services(settings.model_copy(update={"state_dir": slot,
+                                                                  "cache_dir": settings.cache_path})))
     _recover_slot(services)
     _worker_name = worker_name
     _in_pool_process.set()

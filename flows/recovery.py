@@ -4,9 +4,11 @@ Every job this worker accepted is written down (SQLite, under ``WORKER_STATE_DIR
 status is queued in the outbox. At start-up, jobs still written down were cut off by the crash: each is
 reported ``FAILED`` ("worker restarted while the job was running", with the log captured so far from its
 container), its container is removed, and its Prefect flow run is marked Crashed instead of being left
-Running. The API's start-up then sweeps every other container and every volume with this worker's label
-(workspace volumes included); a pool flow process (``sweep=False``, beside others on the same engine)
-removes only the containers of its own cut-off jobs and leaves volumes alone.
+Running; the service containers and the network of a cut-off job (``JobSpec.services``) are removed with it
+(never reported: a service ran no job). The API's start-up then sweeps every other container, every job
+network and every volume with this worker's label (workspace volumes included); a pool flow process
+(``sweep=False``, beside others on the same engine) removes only what its own cut-off jobs left and leaves
+volumes alone.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from core.inflight import InflightJobs
 from core.models import ExecutionStatus, JobStatusUpdate
 from core.outbox import Outbox
 from core.settings import Settings
-from executors.base import Executor, LeftoverContainer
+from executors.base import Executor, LeftoverContainer, LeftoverNetwork
 from flows.masking import Masker, SecretScan, SecretSettings, scan_job_env
 
 log = logging.getLogger(__name__)
@@ -88,7 +90,8 @@ def recover(executor: Executor, outbox: Outbox, inflight: InflightJobs, tail_byt
     in-flight list and their containers; other labelled containers and all volumes are left alone.
     """
     leftovers = executor.leftover_containers()
-    by_job = {c.job_execution_id: c for c in leftovers if c.job_execution_id is not None}
+    networks = executor.leftover_networks()
+    by_job = {c.job_execution_id: c for c in leftovers if c.job_execution_id is not None and c.service_of is None}
     removed: set[str] = set()
     reported = 0
     for job_execution_id, flow_run_id, name in inflight.all():
@@ -104,6 +107,7 @@ def recover(executor: Executor, outbox: Outbox, inflight: InflightJobs, tail_byt
         if container is not None:
             executor.remove_container(container.container_id)
             removed.add(container.container_id)
+        removed |= _remove_services_of(executor, job_execution_id, leftovers, networks)
         inflight.remove(UUID(job_execution_id))
         reported += 1
     if not sweep:
@@ -111,9 +115,27 @@ def recover(executor: Executor, outbox: Outbox, inflight: InflightJobs, tail_byt
     for leftover in leftovers:  # labelled but not a cut-off job's: nothing to report, just remove
         if leftover.container_id not in removed:
             executor.remove_container(leftover.container_id)
+    for network in networks:  # after the containers: a network in use cannot be removed
+        if network.name not in removed:
+            executor.remove_network(network.name)
     for volume in executor.leftover_volumes():
         executor.remove_volume(volume)
     return reported
+
+
+def _remove_services_of(executor: Executor, job_execution_id: str, leftovers: list[LeftoverContainer],
+                        networks: list[LeftoverNetwork]) -> set[str]:
+    """Remove the service containers, then the network, of one cut-off job; returns what was removed."""
+    removed = set()
+    for leftover in leftovers:
+        if leftover.service_of == job_execution_id:
+            executor.remove_container(leftover.container_id)
+            removed.add(leftover.container_id)
+    for network in networks:
+        if network.job_execution_id == job_execution_id:
+            executor.remove_network(network.name)
+            removed.add(network.name)
+    return removed
 
 
 def _masked_log(executor: Executor, container: LeftoverContainer, tail_bytes: int, masks: RecoveryMasks) -> str:

@@ -51,7 +51,9 @@ _ENGINE_MODULES = {"test_docker_executor.py", "test_local_run.py"}  # they drive
 _PREFECT_FREE_MODULES = {"test_backend_client.py", "test_models.py", "test_backend.py", "test_planning.py",
                          "test_output.py", "test_artifact_patterns.py", "test_tar_stream.py", "test_script.py",
                          "test_dummy_executor.py", "test_secrets.py", "test_delivery.py",
-                         "test_pipeline_language.py", "test_scheduler_when.py", "test_job_log.py"}
+                         "test_pipeline_language.py", "test_scheduler_when.py", "test_job_log.py",
+                         "test_cache_cli.py",
+                         "test_pipeline_matrix.py"}
 
 
 def _prefect_free(item: pytest.Item) -> bool:
@@ -110,8 +112,12 @@ def docker_client() -> Iterator[docker.DockerClient]:
     volumes = client.volumes.list(filters=label)
     for volume in volumes:
         volume.remove(force=True)
+    networks = client.networks.list(filters=label)  # the networks of jobs with services
+    for network in networks:
+        network.remove()
     assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"
     assert not volumes, f"volumes left behind: {[v.name for v in volumes]}"
+    assert not networks, f"networks left behind: {[n.name for n in networks]}"
 
 
 @pytest.fixture(scope="session")

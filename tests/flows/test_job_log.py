@@ -129,19 +129,39 @@ def test_a_reader_waits_for_the_shipper_instead_of_piling_up_lines() -> None:
     log = JobLog(chunk_bytes=1024)
     log.ship_in_chunks()
     done = threading.Event()
+    batch = ["x" * 99] * 100  # 10,000 bytes a batch
 
     def reader() -> None:
-        for _ in range(100):
-            log.lines(["x" * 99] * 10)  # 1,000 bytes a batch
+        for _ in range(300):
+            log.lines(batch)
         done.set()
 
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
-    assert not done.wait(0.3)  # held back: about 8 chunks pending at most
-    assert 80 <= log.total_lines <= 100
+    assert not done.wait(0.3)  # held back: about 1 MiB pending at most, whatever the chunk size
+    assert (1 << 20) <= log.total_bytes <= (1 << 20) + 10_000
     log.take_chunk()
-    wait_for(lambda: log.total_lines > 100, 5, 0.01, "the reader going on after a take")
+    wait_for(lambda: log.total_bytes > (1 << 20) + 10_000, 5, 0.01, "the reader going on after a take")
     log.ship_in_chunks(False)  # the shipper stops: nobody waits for it any more
     thread.join(5)
-    assert done.is_set() and log.total_lines == 1000
+    assert done.is_set() and log.total_lines == 30_000
 
+
+def test_a_shipper_aims_at_larger_chunks_up_to_the_maximum_and_back() -> None:
+    log = JobLog(chunk_bytes=1024, max_chunk_bytes=8192)
+    for _ in range(40):
+        log.lines(["y" * 499])  # 500 bytes a batch
+    first = log.take_chunk()
+    log.aim(1 << 20)  # more than the maximum: the maximum
+    assert log.chunk_full.is_set()  # 18,500 bytes wait, more than 8,192
+    second = log.take_chunk()
+    log.aim(0)  # less than chunk_bytes: chunk_bytes
+    third = log.take_chunk()
+    assert first is not None and second is not None and third is not None
+    assert [len(chunk[2]) for chunk in (first, second, third)] == [3, 17, 3]  # whole batches up to the aim
+    assert [chunk[:2] for chunk in (first, second, third)] == [(0, 0), (1, 1500), (2, 10_000)]
+    log.aim(8192)
+    assert log.chunk_full.is_set()  # the 8,500 bytes left
+    log.take_chunk()
+    log.lines(["z" * 499])
+    assert not log.chunk_full.is_set() and log.take_chunk() == (4, 20_000, ["z" * 499])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import socket
 import socketserver
@@ -25,8 +26,8 @@ import pytest
 from core import metrics
 from core.backend_client import BackendClient, BackendUnavailable
 from core.delivery_policy import OutboxLimits
-from core.models import ExecutionStatus, JobStatusUpdate
-from core.outbox import Outbox
+from core.models import ExecutionStatus, JobStatusUpdate, LogChunk
+from core.outbox import Outbox, chunk_json
 from reference_backend.server import BackendServer
 from tests.conftest import worker_env
 from tests.support import TEST_IMAGE, Backend, WorkerProcess, final_log, raised, statuses, wait_for
@@ -133,6 +134,21 @@ def test_a_direct_call_answered_302_is_an_error(server: BackendServer, admin: ht
     client = BackendClient(server.api_url, retry_seconds=0)
     error, _ = raised(BackendUnavailable, client, lambda c: c.get_job_status(job_id))
     assert "HTTP 302" in str(error) and error.answered and error.status_code == 302
+
+
+def test_chunks_are_counted_until_delivered_and_arrive_as_the_model_writes_them(
+        server: BackendServer, outbox: Outbox) -> None:
+    job_id = new_job(server)
+    lines = ["plain", 'quote " and \\ backslash', "tab\tand\nnewline", "é😀", "lone \udc80 surrogate"]
+    model = LogChunk(job_execution_id=uuid.UUID(job_id), seq=0, offset=0, lines=lines)
+    assert json.loads(chunk_json(job_id, 0, 0, lines)) == model.to_wire()
+    outbox.put_chunk_lines(job_id, 0, 0, lines)
+    outbox.put_chunk(LogChunk(job_execution_id=uuid.UUID(job_id), seq=1, offset=99, lines=["two"]))
+    assert outbox.undelivered_chunks(job_id) == 2  # not started: both wait
+    outbox.start()
+    assert outbox.flush(15) and outbox.undelivered_chunks(job_id) == 0
+    chunks = httpx.get(f"{server.url}/admin/job-executions/{job_id}").json()["logChunks"]
+    assert [chunk["lines"] for chunk in chunks] == [[*lines[:-1], "lone \ufffd surrogate"], ["two"]]
 
 
 # -- whole-call deadline and answer size -----------------------------------------------------------
