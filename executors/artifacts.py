@@ -76,6 +76,22 @@ class ArtifactSource(Protocol):
     def archive(self, relative: str) -> ArchiveChunks: ...
 
 
+def blocked_parent(source: ArtifactSource, relative: str) -> tuple[str, str | None] | None:
+    """The first parent directory of ``relative`` that is missing (``(parent, None)``) or a link (``(parent,
+    its target)``); None when every parent is a real directory. The engine's archive of ``relative`` would
+    follow such a link: callers do not read it."""
+    parts = relative.split("/")
+    for depth in range(1, len(parts)):
+        parent = "/".join(parts[:depth])
+        try:
+            target = source.link_target(parent)
+        except FileNotFoundError:
+            return parent, None
+        if target:
+            return parent, target
+    return None
+
+
 @dataclass(frozen=True)
 class ArtifactLimits:
     """Bounds of one job's collection; see the module docstring."""
@@ -136,18 +152,11 @@ class _Collector:
 
     def _through_link(self, root: str) -> bool:
         """Whether a parent directory of ``root`` is a link (warned) or missing: then ``root`` is not read."""
-        parts = root.split("/")
-        for depth in range(1, len(parts)):
-            parent = "/".join(parts[:depth])
-            try:
-                target = self._source.link_target(parent)
-            except FileNotFoundError:
-                return True
-            if target:
-                self._link_warning(parent, target, hard=False)
-                self._claim_under(parent)
-                return True
-        return False
+        blocked = blocked_parent(self._source, root)
+        if blocked is not None and blocked[1]:
+            self._link_warning(blocked[0], blocked[1], hard=False)
+            self._claim_under(blocked[0])
+        return blocked is not None
 
     def _read_root(self, root: str) -> None:
         try:

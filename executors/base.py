@@ -8,7 +8,8 @@ worker id left behind. :class:`executors.docker_executor.DockerExecutor` is the 
 Who calls what, in which order:
 
 * **A flow run** (``flows.workspace``, ``flows.job_task``): ``create_volume`` → ``seed_volume`` (local
-  runs only) → ``run`` once per attempt of each job, from many threads at once → ``remove_volume``
+  runs, and reused jobs' outputs) → ``run`` once per attempt of each job, from many threads at once (with
+  ``volume_files`` before a job with ``inputs`` when the run has no project folder) → ``remove_volume``
   in a ``finally`` (also when ``create_volume`` raised: the first container create may have made it).
 * **Start-up recovery** (``flows.recovery``), one thread, before this process runs any job:
   ``leftover_containers`` → ``captured_output`` and ``remove_container`` for each → ``leftover_networks``
@@ -21,9 +22,10 @@ What every method promises:
 * **Thread safety.** Every method may be called from any thread, concurrently with any other, on one
   instance shared by the whole process (the container limit holds across all flows through it).
 * **Errors.** Exceptions mean the runner broke and are subclasses of :class:`core.errors.InfrastructureError`
-  (``EngineUnavailable`` retried, ``ImageUnavailable`` not: see :mod:`core.errors`); the one exception
-  is ``seed_volume``'s ``SeedTooLarge`` (the project is over the cap: retrying cannot help). A job's own
-  failure is never an exception: a non-zero exit, a timeout and a cancellation are *results*.
+  (``EngineUnavailable`` retried, ``ImageUnavailable`` not: see :mod:`core.errors`); the exceptions are
+  ``seed_volume``'s ``SeedTooLarge`` (the project is over the cap: retrying cannot help) and
+  ``volume_files``' ``InputsNotHashed`` (over its limits). A job's own failure is never an exception: a
+  non-zero exit, a timeout and a cancellation are *results*.
 * **Idempotency.** Removing something already gone is no error; creating a volume that exists reuses it.
 * **Ownership.** Everything an executor creates carries its worker id, so that a later life (the
   ``leftover_*`` methods) finds exactly what this worker id left, and nothing of another worker's. (A
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import Protocol
 
 from executors.artifacts import ArtifactCollection
+from executors.volume_files import HashLimits
 
 LogSink = Callable[[str], None]
 DEFAULT_CAP_DROP = ("NET_RAW", "MKNOD", "AUDIT_WRITE", "SETFCAP")
@@ -198,6 +201,14 @@ class Executor(Protocol):
         will see them (``image``: the first job's, which the engine needs to mount the volume); returns the
         warnings (links left out). Which files: :mod:`executors.workspace_seed`; over ``max_bytes`` it raises
         ``SeedTooLarge`` before anything is copied."""
+        ...
+
+    def volume_files(self, name: str, image: str, mount: str, globs: list[str], limits: HashLimits) -> dict[str, str]:
+        """``{path: hash}`` of the files in volume ``name`` matching ``globs`` (relative to the volume's root, as
+        a job mounting it at ``mount`` sees them; ``image``: one present here, which the engine needs to mount
+        it), as :mod:`executors.volume_files` hashes them: content never kept, links never followed. Raises
+        ``InputsNotHashed`` past ``limits`` (the other exception to the rule above), ``EngineUnavailable``
+        when the engine fails. Reuse keys of a pipeline run without a project folder are built on it."""
         ...
 
     def remove_volume(self, name: str) -> None:

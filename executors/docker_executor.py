@@ -50,6 +50,7 @@ from executors.job_cache import JobCache
 from executors.job_services import LABEL_SERVICE_OF, JobServices, check_aliases, remove_network
 from executors.output import FrameReader, LineSplitter, whole_line_tail
 from executors.script import build_shell_script
+from executors.volume_files import HashLimits, hash_matching
 from executors.workspace_seed import DEFAULT_MAX_BYTES as DEFAULT_SEED_MAX_BYTES
 from executors.workspace_seed import plan_seed, write_seed_archive
 
@@ -364,6 +365,23 @@ class DockerExecutor:
         finally:
             self._remove(container)
         return plan.warnings
+
+    def volume_files(self, name: str, image: str, mount: str, globs: list[str], limits: HashLimits) -> dict[str, str]:
+        """``{path: hash}`` of the files of volume ``name`` matching ``globs`` (``Executor.volume_files``), read
+        through a container that mounts it read-only and is never started."""
+        try:
+            container = self.client.containers.create(
+                image, command=["true"], network_mode="none", security_opt=["no-new-privileges"], cap_drop=["ALL"],
+                labels={LABEL_WORKER: self.worker_id},
+                mounts=[Mount(mount, name, type="volume", read_only=True, no_copy=True)])
+        except _ENGINE_ERRORS as exc:
+            raise self.engine_error(f"reading volume {name}", exc) from exc
+        try:
+            return hash_matching(ContainerFiles(self.client.api, container.id or container.name, mount), globs, limits)
+        except _ENGINE_ERRORS as exc:
+            raise self.engine_error(f"reading volume {name}", exc) from exc
+        finally:
+            self._remove(container)
 
     def remove_volume(self, name: str) -> None:
         """Remove a volume; a missing one is fine, one still in use is logged."""

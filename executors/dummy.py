@@ -15,6 +15,12 @@ happens instead:
 ``DUMMY_IMAGE_MISSING``  ``1``: every run raises ``ImageUnavailable`` (an infrastructure failure that is not retried)
 ``DUMMY_ARTIFACTS``      comma-separated relative paths collected as artifacts (each file holds its own path),
                          under the same rule as a container's (``artifacts_when``)
+``DUMMY_WRITES``         ``path=text`` pairs separated by ``;``: files the run writes into its workspace volume
+                         (paths relative to the volume's root), after its output; ``$NAME`` in a text is the
+                         job's variable (``$CI_COMMIT_SHA``, say)
+
+Volumes hold files (what was seeded, what runs wrote), so ``volume_files`` hashes them as the Docker executor
+hashes a real volume's (:mod:`executors.volume_files`: same globs, same hashes; links are not modelled).
 
 ``JobSpec.services`` are recorded with the spec, never played (service containers have real-engine tests).
 Every call is recorded in ``calls`` (``(method, argument)`` pairs, in order) for tests to assert on; the
@@ -24,6 +30,7 @@ runs themselves in ``specs``. A test can plant what a crashed worker left with :
 from __future__ import annotations
 
 import hashlib
+import string
 import tempfile
 import threading
 import time
@@ -33,9 +40,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.errors import ContainerLost, EngineUnavailable, ImageUnavailable
+from executors.artifact_patterns import parse_patterns
 from executors.artifacts import ArtifactCollection, CollectedArtifact
 from executors.base import Executor, JobResult, JobSpec, LeftoverContainer, LeftoverNetwork, LogSink, acquire_slot
 from executors.output import whole_line_tail
+from executors.volume_files import HashLimits, InputsNotHashed, content_hasher, matches_any
 from executors.workspace_seed import DEFAULT_MAX_BYTES, plan_seed
 
 EXIT_STOPPED = 143  # what a container's init reports after SIGTERM stopped the script
@@ -51,9 +60,11 @@ class DummyExecutor:
         self.specs: list[JobSpec] = []
         self.volumes: dict[str, dict[str, str]] = {}
         self.seeded: dict[str, list[str]] = {}
+        """Relative paths of the files each seeded volume got."""
+        self.files: dict[str, dict[str, bytes]] = {}
+        """What each volume holds: path relative to its root -> content."""
         self.networks: dict[str, str | None] = {}
         """Job networks (``JobSpec.services``) a crashed life left, by name: the job each was made for."""
-        """Relative paths of the files each seeded volume got."""
         self._slots = threading.BoundedSemaphore(max_containers)
         self._lock = threading.Lock()
         self._attempts: Counter[str] = Counter()
@@ -110,6 +121,7 @@ class DummyExecutor:
             log_bytes += len(line.encode()) + 1
             with self._lock:
                 self._containers[container_id][1].extend(line.encode() + b"\n")
+        self._write(spec)
         if attempt <= _int(spec.env, "DUMMY_FAIL_ATTEMPTS", 0):
             raise EngineUnavailable(f"dummy engine failure on attempt {attempt} (DUMMY_FAIL_ATTEMPTS)")
         outcome = _sleep(float(spec.env.get("DUMMY_SLEEP") or 0), spec.timeout_seconds, cancel)
@@ -119,6 +131,16 @@ class DummyExecutor:
         if spec.artifacts and not result.canceled and (result.succeeded or spec.artifacts_when == "always"):
             result.artifacts = _artifacts(spec.env.get("DUMMY_ARTIFACTS", ""))
         return result
+
+    def _write(self, spec: JobSpec) -> None:
+        """The files ``DUMMY_WRITES`` says the run writes into its workspace volume."""
+        writes = [pair.partition("=") for pair in spec.env.get("DUMMY_WRITES", "").split(";") if "=" in pair]
+        if spec.workspace_volume is None or not writes:
+            return
+        with self._lock:
+            held = self.files.setdefault(spec.workspace_volume, {})
+            held.update((path.strip(), string.Template(text).safe_substitute(spec.env).encode())
+                        for path, _, text in writes)
 
     # -- workspace volumes ----------------------------------------------------------------------------------
 
@@ -135,7 +157,27 @@ class DummyExecutor:
         with self._lock:
             self.volumes.setdefault(name, {"cicd.worker-id": self.worker_id})
             self.seeded[name] = [entry.path for entry in plan.entries if entry.kind == "file"]
+            self.files.setdefault(name, {}).update(
+                (path, (directory / path).read_bytes()) for path in self.seeded[name])
         return plan.warnings
+
+    def volume_files(self, name: str, image: str, mount: str, globs: list[str], limits: HashLimits) -> dict[str, str]:
+        """Hash what the volume holds, as ``DockerExecutor.volume_files`` does (same globs, same hashes)."""
+        self._record("volume_files", name)
+        patterns, _ = parse_patterns(list(globs))
+        with self._lock:
+            held = dict(self.files.get(name, {}))
+        found, size = {}, 0
+        for path, content in sorted(held.items()):
+            if not matches_any(patterns, path):
+                continue
+            size += len(content)
+            if size > limits.max_bytes:
+                raise InputsNotHashed(f"the inputs are over {limits.max_bytes} bytes")
+            hasher = content_hasher()
+            hasher.update(content)
+            found[path] = hasher.hexdigest()
+        return found
 
     def image_id(self, image: str) -> str | None:
         """A made-up id derived from the name (``DUMMY_IMAGE_MISSING`` is per job: every image is present)."""
@@ -145,6 +187,7 @@ class DummyExecutor:
         self._record("remove_volume", name)
         with self._lock:
             self.volumes.pop(name, None)
+            self.files.pop(name, None)
 
     # -- what a previous life left --------------------------------------------------------------------------
 

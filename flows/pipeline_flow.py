@@ -23,6 +23,7 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Cancelled, Completed, Failed
 
 from core.models import ExecutionStatus
+from executors.volume_files import HashLimits
 from flows.artifact_upload import artifact_key
 from flows.handoff import HandOff
 from flows.job_task import JobRun, job_task, new_job_run
@@ -39,7 +40,7 @@ from flows.reuse import (
     restore_workspace,
     workspace_prefix,
 )
-from flows.reuse_keys import InputFiles
+from flows.reuse_keys import InputFiles, VolumeFiles
 from flows.services import Services, current
 from flows.workspace import pipeline_workspace_name, workspace
 
@@ -92,20 +93,21 @@ class PipelineDriver:
     def _task_done(self, job_id: str, restorer: concurrent.futures.ThreadPoolExecutor) -> None:
         """A job's task (or its restore) ended: a reused job is reported and its artifacts uploaded again first,
         side by side with the others, its outputs queued for the workspace; any other job is finished."""
-        if job_id in self.restoring:
-            kept = self.restoring.pop(job_id)
+        entry = self.runs[job_id].reuse if job_id in self.runs else None
+        if job_id in self.restoring and entry is not None:
+            self.restoring.pop(job_id)
             if self.workspace_volume is not None:
                 self.workspace_steps.append(functools.partial(
-                    restore_workspace, kept, self.pipeline.jobs[job_id].job.docker_image, self.services.executor,
+                    restore_workspace, entry, self.pipeline.jobs[job_id].job.docker_image, self.services.executor,
                     self.workspace_volume, self.settings))
             self._finished(job_id)
             return
         record = self._cached(job_id)
-        if record is None:
+        if record is None or entry is None:
             self._finished(job_id)
             return
         self.restoring[job_id] = record  # Prefect answered from its cache: nothing ran
-        self.running[restorer.submit(restore, self.reporters[job_id], record, self.settings)] = job_id
+        self.running[restorer.submit(restore, self.reporters[job_id], entry, record, self.settings)] = job_id
 
     def _prepare_workspace(self) -> str | None:
         """Make the pending workspace copies, in order; why they failed (then for good), or None."""
@@ -137,7 +139,11 @@ class PipelineDriver:
             self.running[future.wrapped_future] = job_id  # type: ignore[attr-defined]
 
     def _reuse_entry(self, job_id: str, run: JobRun) -> ReuseEntry | None:
-        """The job's reuse key (:mod:`flows.reuse`), from the keys of the jobs it waits for."""
+        """The job's reuse key (:mod:`flows.reuse`), from the keys of the jobs it waits for. Inputs read from
+        the workspace volume are read once the pending copies into it (reused jobs' outputs) are made."""
+        if self.reuse.from_volume and run.job.job.inputs and self._prepare_workspace():
+            self.reuse.skip(job_id)  # the workspace is broken: the job fails below, without a key
+            return None
         needs = {self.pipeline.jobs[dep].job.name: dep for dep in upstream(self.pipeline.graph, job_id)}
         prefix = workspace_prefix(run.spec.working_dir, run.spec.workspace_mount, self.workspace_volume)
         return self.reuse.entry(job_id, run.job, needs, prefix)
@@ -228,12 +234,17 @@ def execute_pipeline(pipeline_execution_id: str) -> Any:
     return _execute_pipeline(pipeline_execution_id, start)
 
 
-def _pipeline_reuse(start: PipelineStart, services: Services) -> PipelineReuse:
-    """Reuse keys for this run: a job's ``inputs`` are hashed in the seed folder, so only a run that has one
-    (``cicd-worker run``) gives keys; a backend's pipeline run (no seed) runs every job."""
-    settings = services.settings
-    files = InputFiles(start.seed_directory, settings.seed_max_bytes) if start.seed_directory is not None else None
-    return PipelineReuse(ReuseStore(settings.state_dir), files, services.executor.image_id, enabled=start.reuse)
+def _pipeline_reuse(start: PipelineStart, services: Services, volume: str) -> PipelineReuse:
+    """Reuse keys for this run: a job's ``inputs`` are hashed in the seed folder when the run has one
+    (``cicd-worker run``), else (a backend's pipeline run) in the workspace volume as the job is ready."""
+    settings, executor, store = services.settings, services.executor, ReuseStore(services.settings.state_dir)
+    if start.seed_directory is not None:
+        files = InputFiles(start.seed_directory, settings.seed_max_bytes)
+        return PipelineReuse(store, lambda image: files, executor.image_id, enabled=start.reuse)
+    limits = HashLimits(settings.seed_max_bytes, settings.artifact_collect_timeout_seconds)
+    mount = settings.default_working_dir
+    return PipelineReuse(store, lambda image: VolumeFiles(executor, volume, image, mount, limits), executor.image_id,
+                         enabled=start.reuse, from_volume=True)
 
 
 def _execute_pipeline(pipeline_execution_id: str, start: PipelineStart) -> Any:
@@ -241,7 +252,7 @@ def _execute_pipeline(pipeline_execution_id: str, start: PipelineStart) -> Any:
     planned = start.planned or load_pipeline(services.backend, UUID(pipeline_execution_id))
     volume_name = pipeline_workspace_name(str(planned.pipeline_execution_id))
     with workspace(volume_name, {"cicd.pipeline-execution-id": str(planned.pipeline_execution_id)}) as volume:
-        driver = PipelineDriver(planned, services, volume, _pipeline_reuse(start, services))
+        driver = PipelineDriver(planned, services, volume, _pipeline_reuse(start, services, volume))
         if start.seed_directory is not None:  # copied before the first job that runs (none when all are reused)
             first_image = next(iter(planned.jobs.values())).job.docker_image
             settings = services.settings

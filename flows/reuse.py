@@ -5,10 +5,20 @@ policy answering that key, ``persist_result=True`` and a local result storage un
 (``<WORKER_STATE_DIR>/reuse/results/<key>``, JSON): Prefect looks the key up in that folder before the task
 runs (a file read, no server call) and, when a result is there, does not run the task body at all; the task
 run ends ``Completed`` named ``Cached``. Only a success is written: an allowed failure, a cancel or a failure
-turn the transaction's write off (:func:`settle`). The stored result says where the job ran before and where
-its artifacts were kept (copied, before their upload, to ``reuse/artifacts/<key>/tree/``, laid out as in the
+turn the transaction's write off (:func:`settle`). The stored result says where the job ran before; its
+artifacts were kept (copied, before their upload, to ``reuse/artifacts/<key>/tree/``, laid out as in the
 workspace). The pipeline driver then reports the job ``RUNNING`` → ``SUCCESS`` with a note naming the earlier
-run, uploads the artifacts again and copies them back into the workspace volume (:func:`restore`).
+run, uploads the artifacts again and copies them back into the workspace volume (:func:`restore`). The kept
+artifacts' folder is always the store's folder of the key the driver computed, never a path read back from a
+stored file, so a tampered result cannot make the worker upload or copy another host folder.
+
+Where a job's ``inputs`` are hashed (:class:`PipelineReuse`): in the project folder when the run has one
+(``cicd-worker run``); otherwise (a pipeline run from the backend) in the workspace volume, read when the job
+is ready to start, after the jobs it waits for wrote it. In that mode a job it waits for that has no key of
+its own (no ``inputs``: the job fetching the sources, say) does not leave it without a key: it enters with a
+hash of its definition (:func:`flows.reuse_keys.definition_key`), its outputs being measured in the volume
+through the waiting job's own ``inputs``. With a project folder, such a job leaves every job after it
+without a key: the folder says nothing of what it wrote.
 
 ``reuse/last/`` keeps, per job name, the components of its last successful key (names and hashes, never a
 variable's value), for ``cicd-worker run --explain``. The artifacts kept are bounded (``MAX_STORE_BYTES``,
@@ -40,7 +50,7 @@ from executors.artifacts import ArtifactCollection, CollectedArtifact, discard
 from executors.base import Executor
 from flows.artifact_upload import upload_artifacts
 from flows.reporting import JobReporter
-from flows.reuse_keys import InputFiles, KeyedJob, keyed
+from flows.reuse_keys import InputSource, KeyedJob, definition_key, keyed
 from flows.reuse_store import REUSED_PREFIX, ReuseStore, write_json
 
 log = logging.getLogger(__name__)
@@ -127,44 +137,68 @@ def settle(entry: ReuseEntry | None, job: JobExecutionDTO, flow_run_id: object,
     os.replace(entry.kept, final)
     origin = {"pipelineExecutionId": str(job.pipeline_execution_id or ""), "jobExecutionId": str(job.id),
               "flowRunId": str(flow_run_id or ""), "time": datetime.now(UTC).isoformat(timespec="seconds")}
-    reuse = {"key": entry.key, "origin": origin, "artifacts": str(final)}
+    reuse = {"key": entry.key, "origin": origin}
     entry.store.save_last(entry.job_name, {**reuse, "components": entry.keyed.components})
     entry.store.trim()
     return {**summary, "reuse": reuse}
 
 
-class PipelineReuse:
-    """The keys of one pipeline run's jobs, computed as each becomes ready (its upstream keys are known then)."""
+InputsFor = Callable[[str], InputSource]
+"""Where a job's ``inputs`` are hashed, given its image (a volume is read through a container of it)."""
 
-    def __init__(self, store: ReuseStore, files: InputFiles | None, image_id: Callable[[str], str | None],
-                 enabled: bool = True) -> None:
+
+class PipelineReuse:
+    """The keys of one pipeline run's jobs, computed as each becomes ready (its upstream keys are known then).
+
+    ``inputs``: where inputs are hashed (None: nowhere, no job gets a key); ``from_volume``: they are read from
+    the workspace volume, so a job without a key of its own passes its definition key downstream (see the
+    module docstring)."""
+
+    def __init__(self, store: ReuseStore, inputs: InputsFor | None, image_id: Callable[[str], str | None],
+                 enabled: bool = True, from_volume: bool = False) -> None:
         self.store = store
-        self.files = files
+        self.inputs = inputs
         self.image_id = image_id
         self.enabled = enabled
+        self.from_volume = from_volume
         self.keys: dict[str, str | None] = {}
+        """Per job id, what it passes downstream: its reuse key, its definition key, or None (nothing)."""
         self._images: dict[str, str | None] = {}
+
+    def skip(self, job_id: str) -> None:
+        """The job gets no key (nor does any job waiting for it, with a project folder or not)."""
+        self.keys[job_id] = None
 
     def entry(self, job_id: str, job: JobExecutionDTO, needs: dict[str, str],
               workspace_prefix: str | None) -> ReuseEntry | None:
-        """The job's reuse entry, or None when it has no key: no ``inputs``, no project folder to hash them
-        in, its image not here, or a job it needs has no key. ``needs``: name → job id of its upstream jobs."""
+        """The job's reuse entry, or None when it has no key: no ``inputs``, nowhere to hash them, its image not
+        here, its inputs not hashed, or a job it needs passes nothing. ``needs``: name → job id of its upstream
+        jobs."""
         self.keys[job_id] = None
-        if not job.job.inputs or self.files is None or any(self.keys.get(dep) is None for dep in needs.values()):
+        upstream = {name: self.keys.get(dep) for name, dep in needs.items()}
+        if self.inputs is None or (not job.job.inputs and not self.from_volume) or None in upstream.values():
             return None
         image_id = self._image(job.job.docker_image)
         if image_id is None:
             return None
-        try:
-            files = self.files.matching(job.job.inputs)
-        except (OSError, ValueError) as exc:  # the folder went away or grew past the seed cap
-            log.warning("inputs of %s not hashed: %s", job.job.name, exc)
+        upstream_keys = {name: str(key) for name, key in upstream.items()}
+        if self.from_volume:  # what it passes downstream unless it gets a key of its own below
+            self.keys[job_id] = definition_key(job.job, image_id, upstream_keys)
+        files = self._hash_inputs(job) if job.job.inputs else None
+        if files is None:
             return None
-        upstream_keys = {name: str(self.keys[dep]) for name, dep in needs.items()}
         keyed_job = keyed(job.job, image_id, files, upstream_keys)
         self.keys[job_id] = keyed_job.key
         refresh = not self.enabled or (self.store.has_result(keyed_job.key) and not self.store.usable(keyed_job.key))
         return ReuseEntry(self.store, job.job.name, keyed_job, workspace_prefix, refresh=refresh)
+
+    def _hash_inputs(self, job: JobExecutionDTO) -> dict[str, str] | None:
+        assert self.inputs is not None
+        try:
+            return self.inputs(job.job.docker_image).matching(job.job.inputs)
+        except (OSError, ValueError, WorkerError) as exc:  # gone, over the cap or the time budget, engine down
+            log.warning("inputs of %s not hashed, it runs: %s", job.job.name, exc)
+            return None
 
     def _image(self, image: str) -> str | None:
         if image not in self._images:
@@ -191,16 +225,17 @@ def cached_record(state: Any) -> dict[str, Any] | None:
     return summary.get("reuse") if isinstance(summary, dict) else None
 
 
-def restore(reporter: JobReporter, record: dict[str, Any], settings: Settings) -> None:
-    """Report a reused job: ``RUNNING``, a note naming the earlier run, its kept artifacts uploaded again,
-    ``SUCCESS`` (``FAILED`` when they cannot be). Copying them back into the workspace is
-    :func:`restore_workspace`, done only when a job that runs comes after it."""
+def restore(reporter: JobReporter, entry: ReuseEntry, record: dict[str, Any], settings: Settings) -> None:
+    """Report a reused job: ``RUNNING``, a note naming the earlier run (from ``record``, what Prefect's cache
+    answered), its kept artifacts uploaded again, ``SUCCESS`` (``FAILED`` when they cannot be). Copying them
+    back into the workspace is :func:`restore_workspace`, done only when a job that runs comes after it."""
     reporter.running(1)
-    origin = record.get("origin", {})
-    note = (f"{REUSED_PREFIX}unchanged since run {origin.get('pipelineExecutionId') or origin.get('flowRunId')} "
-            f"of {origin.get('time')} (key {str(record.get('key'))[:12]})")
+    origin = record.get("origin")
+    origin = origin if isinstance(origin, dict) else {}
+    earlier = str(origin.get("pipelineExecutionId") or origin.get("flowRunId"))[:64]
+    note = f"{REUSED_PREFIX}unchanged since run {earlier} of {str(origin.get('time'))[:40]} (key {entry.key[:12]})"
     reporter.log.note(note)
-    folder = Path(record["artifacts"])
+    folder = entry.store.artifacts(entry.key)  # never a path read from the record
     try:
         collection = _collection(folder, json.loads((folder / "manifest.json").read_text()))
         try:
@@ -215,18 +250,18 @@ def restore(reporter: JobReporter, record: dict[str, Any], settings: Settings) -
     reporter.final(ExecutionStatus.SUCCESS, exit_code=0, message=note)
 
 
-def restore_workspace(record: dict[str, Any], image: str, executor: Executor, volume: str,
-                      settings: Settings) -> None:
+def restore_workspace(entry: ReuseEntry, image: str, executor: Executor, volume: str, settings: Settings) -> None:
     """Copy a reused job's kept artifacts back into the workspace volume, where its working dir put them (its
     "workspace outputs"), through ``Executor.seed_volume``; a failure is logged (the job after it fails on
     its own when it needed them)."""
-    folder = Path(record["artifacts"])
+    folder = entry.store.artifacts(entry.key)
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
         if manifest["files"] and manifest.get("inWorkspace"):
             executor.seed_volume(volume, folder / "tree", image, settings.default_working_dir, settings.seed_max_bytes)
     except (OSError, ValueError, KeyError, WorkerError) as exc:
-        log.warning("outputs of reused job (key %s) not copied into the workspace: %s", record.get("key"), exc)
+        log.warning("outputs of reused job %s (key %s) not copied into the workspace: %s", entry.job_name,
+                    entry.key[:12], exc)
 
 
 def answered_from_cache(entry: ReuseEntry | None) -> bool:
@@ -241,7 +276,7 @@ def _collection(folder: Path, manifest: dict[str, Any]) -> ArtifactCollection:
     try:
         for number, item in enumerate(manifest["files"]):
             copy = directory / str(number)
-            tree = bytes.fromhex(item["tree"]).decode("utf-8", "surrogateescape")
+            tree = _inside(bytes.fromhex(item["tree"]).decode("utf-8", "surrogateescape"))
             shutil.copyfile(folder / "tree" / tree, copy)
             relative = bytes.fromhex(item["path"]).decode("utf-8", "surrogateescape")
             collection.files.append(CollectedArtifact(relative, copy, int(item["size"]), str(item["sha256"])))
@@ -249,3 +284,11 @@ def _collection(folder: Path, manifest: dict[str, Any]) -> ArtifactCollection:
         discard(collection)
         raise
     return collection
+
+
+def _inside(relative: str) -> str:
+    """A path of the kept tree as the manifest names it, refused when it would reach outside the tree."""
+    normal = posixpath.normpath(relative)
+    if normal.startswith("/") or normal == ".." or normal.startswith("../"):
+        raise ValueError(f"kept artifact path {relative!r} leaves its folder")
+    return normal

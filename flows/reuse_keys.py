@@ -7,9 +7,12 @@ A job's key is the SHA-256 of its *components*, each a name and a hash, never a 
 * ``config``: what else shapes the job's outcome: working dir, artifact patterns and rule, services, cache;
 * ``variables``: each variable's name with a hash of its value (secret or not, a value is never kept in
   clear; a secret's value is only present as this hash);
-* ``files``: each file of the project folder matching the job's ``inputs`` globs, by path, with the hash of
-  its content (a link: of its target);
+* ``files``: each file matching the job's ``inputs`` globs, by path, with the hash of its content (a link: of
+  its target's text) -- in the project folder (:class:`InputFiles`, ``cicd-worker run``) or, for a pipeline
+  run without one (the backend's), in the workspace volume as the job is about to start (:class:`VolumeFiles`);
 * ``needs``: the key of every job it waits for, by name, so a change upstream changes every key downstream.
+  Reading the workspace volume, a job it waits for that has no key of its own enters with its *definition
+  key* (:func:`definition_key`): that job's outputs are measured where they land, in the volume.
 
 The components are stored beside a successful result, so ``cicd-worker run --explain JOB`` can say which
 one changed (:func:`explain`). The globs mean what artifact patterns mean (:mod:`executors.artifact_patterns`:
@@ -24,10 +27,12 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from core.models import JobDTO
 from executors.artifact_patterns import parse_patterns
+from executors.base import Executor
+from executors.volume_files import HashLimits, content_hasher, link_hash, matches_any
 from executors.workspace_seed import DEFAULT_MAX_BYTES, plan_seed
 
 _BLOCK = 1 << 20
@@ -78,6 +83,19 @@ def keyed(job: JobDTO, image_id: str, files: Mapping[str, str], needs: Mapping[s
     return KeyedJob(key_of(components), components)
 
 
+def definition_key(job: JobDTO, image_id: str, needs: Mapping[str, str]) -> str:
+    """What a job without a key of its own contributes downstream when inputs are read from the workspace
+    volume: a hash of its definition (image id, scripts, config, variables) and of its upstream keys, never
+    equal to a reuse key. Its outputs count through the downstream job's own ``inputs``."""
+    return key_of({"definition": True, "image": image_id, **job_parts(job), "needs": dict(sorted(needs.items()))})
+
+
+class InputSource(Protocol):
+    """Where a job's ``inputs`` are hashed: ``{path: content hash}`` of the files matching the globs."""
+
+    def matching(self, globs: Iterable[str]) -> dict[str, str]: ...
+
+
 class InputFiles:
     """The files of a project folder that a job's ``inputs`` may match: the ones that seed its workspace
     (:func:`executors.workspace_seed.plan_seed`: git's rules, ``.cicdignore``, no link followed), listed once
@@ -100,19 +118,33 @@ class InputFiles:
         patterns, _ = parse_patterns(list(globs))
         found = {}
         for path, target in self._listing().items():
-            if any(pattern.matches(path) for pattern in patterns):
+            if matches_any(patterns, path):
                 found[path] = self._hash(path, target)
         return found
 
     def _hash(self, path: str, target: str | None) -> str:
         if path not in self._hashes:
-            self._hashes[path] = _digest("link", target) if target is not None else _file_hash(self.root / path)
+            self._hashes[path] = link_hash(target) if target is not None else _file_hash(self.root / path)
         return self._hashes[path]
+
+
+class VolumeFiles:
+    """The files of a workspace volume that a job's ``inputs`` may match, read as they are now (nothing is kept
+    between calls: the volume changes as jobs run) through :meth:`executors.base.Executor.volume_files`,
+    with a container of ``image`` (the job's own, present here)."""
+
+    def __init__(self, executor: Executor, volume: str, image: str, mount: str, limits: HashLimits) -> None:
+        self._executor, self._volume, self._image, self._mount = executor, volume, image, mount
+        self._limits = limits
+
+    def matching(self, globs: Iterable[str]) -> dict[str, str]:
+        """``{path: content hash}`` of every file of the volume matching one of ``globs``, paths from its root."""
+        return self._executor.volume_files(self._volume, self._image, self._mount, list(globs), self._limits)
 
 
 def _file_hash(path: Path) -> str:
     """SHA-256 of a file's content, opened without following a link (one swapped in since the listing)."""
-    hasher = hashlib.sha256(b"file\0")
+    hasher = content_hasher()
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:

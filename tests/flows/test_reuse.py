@@ -18,6 +18,7 @@ from core.settings import Settings
 from executors.dummy import DummyExecutor
 from flows.pipeline_flow import PipelineStart, execute_pipeline, hand_over_pipeline
 from flows.reuse_keys import InputFiles, explain, keyed
+from flows.reuse_store import ReuseStore
 from flows.services import Services, build_services, install
 from tests.support import Backend, final_log, statuses
 
@@ -148,3 +149,92 @@ def test_second_run_is_answered_from_prefects_cache(services: Services, backend:
 
     fourth, _ = run_pipeline(backend, project, reuse=False)  # --no-cache
     assert set(task_states(fourth.state_details.flow_run_id).values()) == {"Completed"}
+
+
+# -- without a project folder (a pipeline run from the backend): inputs read from the workspace volume ----------
+
+FROM_BACKEND = [
+    {"name": "fetch", "env": {"DUMMY_WRITES": "src/a.txt=$CI_COMMIT_SHA;notes.txt=not an input"}},  # no inputs
+    {"name": "build", "needs": ["fetch"], "inputs": ["src/**"], "artifacts": ["out/"],
+     "env": {"DUMMY_ARTIFACTS": "out/b.bin", "DUMMY_WRITES": "out/b.bin=out/b.bin"}},  # the artifact, as collected
+    {"name": "use", "needs": ["build"]},
+    {"name": "check", "needs": ["build"], "inputs": ["out/**"]}]  # build's output, restored when build is reused
+
+
+def run_from_backend(backend: Backend, commit: str) -> tuple[Any, dict[str, str]]:
+    """A pipeline run as the service runs it: fetched from the backend, no project folder handed over."""
+    created = backend.create_run(FROM_BACKEND, commitHash=commit)
+    return execute_pipeline(created["pipelineExecutionId"], return_state=True), created["jobs"]
+
+
+def test_without_a_project_folder_inputs_are_hashed_in_the_workspace_volume(services: Services,
+                                                                            backend: Backend) -> None:
+    executor = services.executor
+    assert isinstance(executor, DummyExecutor)
+    first, _ = run_from_backend(backend, "c0ffee1")
+    assert first.is_completed() and len(executor.calls_to("run")) == 4
+    assert len(executor.calls_to("volume_files")) == 2  # build's and check's inputs, each once its upstream ran
+
+    second, jobs = run_from_backend(backend, "c0ffee1")  # the same sources fetched again
+    assert second.is_completed()
+    assert len(executor.calls_to("run")) == 6  # fetch and use ran; build was reused despite fetch having no key
+    assert task_states(second.state_details.flow_run_id) == {"fetch": "Completed", "build": "Cached",
+                                                             "use": "Completed", "check": "Cached"}
+    build = backend.wait_final(jobs["build"])
+    assert statuses(build) == ["RUNNING", "SUCCESS"] and "reused: unchanged since run" in final_log(build)
+    uploaded = backend.http.get(f"/admin/job-executions/{jobs['build']}/artifacts/out/b.bin")
+    assert uploaded.status_code == 200 and uploaded.content == b"out/b.bin"
+    # build's outputs were copied back into the workspace once, before check's inputs were read from it
+    assert executor.calls_to("seed_volume") == [executor.calls_to("create_volume")[-1]]
+
+    third, _ = run_from_backend(backend, "c0ffee2")  # same job definitions, other content in src/
+    assert third.is_completed()
+    assert task_states(third.state_details.flow_run_id) == {"fetch": "Completed", "build": "Completed",
+                                                            "use": "Completed", "check": "Completed"}
+
+
+def tamper(state: Path, change: Any) -> None:
+    """Rewrite the reuse part of build's stored result record with ``change``."""
+    path = state / "reuse" / "results" / build_key(state)
+    record = json.loads(path.read_text())
+    summary = json.loads(record["result"]) if isinstance(record["result"], str) else record["result"]
+    change(summary["reuse"])
+    record["result"] = json.dumps(summary) if isinstance(record["result"], str) else summary
+    path.write_text(json.dumps(record))
+
+
+def build_key(state: Path) -> str:
+    last = ReuseStore(state).last("build")
+    assert last is not None
+    return str(last["key"])
+
+
+def test_a_tampered_result_cannot_point_the_worker_at_another_folder(services: Services, backend: Backend,
+                                                                    tmp_path: Path) -> None:
+    first, _ = run_from_backend(backend, "c0ffee1")
+    assert first.is_completed()
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "tree").mkdir(parents=True)
+    (elsewhere / "tree" / "secret.txt").write_text("host secret")
+    (elsewhere / "manifest.json").write_text(json.dumps({"files": [{
+        "path": b"out/b.bin".hex(), "tree": b"secret.txt".hex(), "size": 11, "sha256": "0" * 64}],
+        "bytes": 11, "inWorkspace": True}))
+    tamper(tmp_path / "state", lambda reuse: reuse.update(artifacts=str(elsewhere), key="../../elsewhere"))
+
+    second, jobs = run_from_backend(backend, "c0ffee1")
+    assert second.is_completed()
+    assert task_states(second.state_details.flow_run_id)["build"] == "Cached"
+    uploaded = backend.http.get(f"/admin/job-executions/{jobs['build']}/artifacts/out/b.bin")
+    assert uploaded.content == b"out/b.bin"  # what build kept, not the folder the record named
+    executor = services.executor
+    assert isinstance(executor, DummyExecutor)
+    assert all(b"host secret" not in content for files in executor.files.values() for content in files.values())
+
+    kept = tmp_path / "state" / "reuse" / "artifacts" / build_key(tmp_path / "state") / "manifest.json"  # tampered
+    manifest = json.loads(kept.read_text())
+    manifest["files"][0]["tree"] = b"../../../elsewhere/tree/secret.txt".hex()
+    kept.write_text(json.dumps(manifest))
+    third, jobs = run_from_backend(backend, "c0ffee1")
+    build = backend.wait_final(jobs["build"])
+    assert statuses(build) == ["RUNNING", "FAILED"] and "leaves its folder" in final_log(build)
+    assert third.is_failed()
