@@ -50,9 +50,11 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-## lint, type-check and run the whole suite (real engine, real Prefect server, reference backend)
+## lint, type-check and run the whole suite (real engine, real Prefect server, reference backend): on two
+## pytest-xdist workers, then alone the tests marked serial (engine restarts, scale-out limits under load)
 test: setup chromium lint
-	$(BIN)/pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
+	$(BIN)/pytest -q -p no:cacheprovider --durations=10 -n 2 -m "not serial" $(PYTEST_ARGS)
+	$(BIN)/pytest -q -p no:cacheprovider --durations=5 -m serial $(PYTEST_ARGS)
 
 ## the fast lane: every test that needs no Docker engine and is not marked slow (unit tests, the planner, the
 ## flows' logic on the in-process DummyExecutor, the backend client against the reference backend);

@@ -44,6 +44,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 _ENGINE_FIXTURES = {"docker_client", "worker", "make_worker"}
 _ENGINE_MODULES = {"test_docker_executor.py", "test_local_run.py"}  # they drive the engine without a fixture
+# Tests that restart or kill the engine or a worker under load, or count on the machine's time for themselves
+# (scale-out limits, bursts): ``make test`` runs them alone, after the rest has run on two xdist workers.
+_SERIAL_PACKAGES = {"resilience", "scaleout"}
 
 
 # Modules none of whose tests talk to a Prefect server (checked by running them with PREFECT_API_URL pointing at
@@ -61,12 +64,15 @@ def _prefect_free(item: pytest.Item) -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test that needs the Docker engine ``engine``, so that ``make test-fast`` can leave them out;
-    run the tests that need no Prefect server first (a stable sort keeps each group's order)."""
+    """Mark every test that needs the Docker engine ``engine`` (``make test-fast`` leaves them out) and those
+    that must run alone ``serial``; run the tests that need no Prefect server first (a stable sort keeps each
+    group's order)."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         if fixtures & _ENGINE_FIXTURES or item.path.name in _ENGINE_MODULES:
             item.add_marker(pytest.mark.engine)
+        if item.path.parent.name in _SERIAL_PACKAGES:
+            item.add_marker(pytest.mark.serial)
     items.sort(key=lambda item: not _prefect_free(item))
 
 
