@@ -150,3 +150,11 @@ def containers(docker_client: Any, label: str, running: bool = False) -> list[An
     """Containers with ``label`` (``key=value``); sparse, so one removed while listing is no error."""
     filters: dict[str, Any] = {"label": label, **({"status": "running"} if running else {})}
     return list(docker_client.containers.list(all=not running, sparse=True, filters=filters))
+
+
+def flow_run_id_of(worker_url: str, job_id: str, answer_body: dict[str, Any]) -> str:
+    """The job's flow run id: in the execute answer when Prefect wrote it within WORKER_FLOW_RUN_ID_WAIT_SECONDS
+    (null under load), else in the worker's view of the job once written."""
+    return answer_body.get("flowRunId") or wait_for(
+        lambda: httpx.get(f"{worker_url}/api/job/{job_id}", timeout=10).json().get("flowRunId"), 30, 0.2,
+        "the job's flow run id")

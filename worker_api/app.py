@@ -210,7 +210,7 @@ def _add_job_routes(app: FastAPI) -> None:
     async def execute_job(job: JobExecutionDTO, dispatcher: TheDispatcher) -> Any:
         record, started = await in_thread(dispatcher.submit_job, job)
         body = ExecuteAccepted(job_execution_id=record.job_execution_id, flow_run_id=record.flow_run_id)
-        return body if started else JSONResponse(status_code=200, content=body.to_wire())
+        return body if started else JSONResponse(status_code=200, content=_answer(body))
 
     @app.get("/api/job/{job_execution_id}", response_model=JobView, response_model_by_alias=True,
              dependencies=[Authorized])
@@ -244,7 +244,7 @@ def _add_pipeline_routes(app: FastAPI) -> None:
             return JSONResponse(status_code=exc.status_code if exc.status_code == 404 else 422,
                                 content={"error": str(exc), "field": "pipelineExecutionId"})
         answer = ExecuteAccepted(pipeline_execution_id=record.pipeline_execution_id, flow_run_id=record.flow_run_id)
-        return answer if started else JSONResponse(status_code=200, content=answer.to_wire())
+        return answer if started else JSONResponse(status_code=200, content=_answer(answer))
 
 
 def _add_worker_routes(app: FastAPI) -> None:
@@ -272,3 +272,8 @@ def _add_worker_routes(app: FastAPI) -> None:
         detail = _token_matches(settings, credentials) if exposed is Exposure.TOKEN else exposed is Exposure.LOOPBACK
         shown = report if detail else public(report)
         return JSONResponse(status_code=200 if up else 503, content=shown.to_wire())
+
+
+def _answer(accepted: ExecuteAccepted) -> dict[str, Any]:
+    """An execute answer for a run already known, in the shape of the 202 (``flowRunId`` null while unknown)."""
+    return accepted.model_dump(mode="json", by_alias=True)

@@ -8,7 +8,7 @@ import time
 import httpx
 
 from tests.flows.test_pipeline_flow import flow_run_state
-from tests.support import Backend, WorkerProcess, containers, final_log, statuses, wait_for
+from tests.support import Backend, WorkerProcess, containers, final_log, flow_run_id_of, statuses, wait_for
 
 
 def _running_container(docker_client, job_id: str) -> bool:
@@ -45,7 +45,7 @@ def test_cancel_through_the_api_stops_the_container(backend: Backend, worker: Wo
 
 def test_cancel_from_prefect_stops_the_container(backend: Backend, worker: WorkerProcess, docker_client) -> None:
     job_id = _start_long_job(backend, worker, docker_client)
-    flow_run_id = httpx.get(f"{worker.url}/api/job/{job_id}").json()["flowRunId"]
+    flow_run_id = flow_run_id_of(worker.url, job_id, {})
     started = time.monotonic()
     answer = httpx.post(f"{os.environ['PREFECT_API_URL']}/flow_runs/{flow_run_id}/set_state",
                         json={"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True})

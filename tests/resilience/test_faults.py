@@ -13,7 +13,7 @@ import pytest
 
 from tests.flows.test_live_logs import assert_chunks_complete
 from tests.flows.test_pipeline_flow import flow_run_state
-from tests.support import REPO, Backend, containers, final_log, wait_for
+from tests.support import REPO, Backend, containers, final_log, flow_run_id_of, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +74,7 @@ def test_killed_worker_reports_cut_off_job_after_restart(backend: Backend, make_
     label = {"label": f"cicd.job-execution-id={job_id}"}
     wait_for(lambda: containers(docker_client, label["label"], running=True), 30, 0.1, "container")
     wait_for(lambda: backend.job(job_id)["logChunks"], 30, 0.1, "first live chunk")
-    flow_run_id = httpx.get(f"{first.url}/api/job/{job_id}").json()["flowRunId"]
+    flow_run_id = flow_run_id_of(first.url, job_id, {})
     # The backend goes away, so that what the worker says next stays undelivered in its outbox.
     backend.http.post("/admin/faults", json={"failRate": 0.0, "downForSeconds": 8}).raise_for_status()
     try:

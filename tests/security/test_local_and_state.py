@@ -22,7 +22,7 @@ from cli.local_run import UnsafePath, _save_artifacts, inside
 from core.job_records import JobRegistry, JobStore
 from core.models import ExecutionStatus
 from executors.workspace_seed import plan_seed
-from tests.support import TEST_IMAGE, Backend, containers, statuses, wait_for
+from tests.support import TEST_IMAGE, Backend, containers, flow_run_id_of, statuses, wait_for
 
 BAD_NAMES = {"dotdot": "'../../x'", "slash": "a/b", "newline": '"a\\nb"', "control": '"a\\x07b"',
              "backslash": "'a\\b'"}
@@ -138,7 +138,7 @@ def run_job(backend: Backend, worker_url: str, script: list[str] | None = None) 
     job_id = backend.create_run([{"name": "job", "script": script or ["echo hi"]}])["jobs"]["job"]
     answer = backend.push_job(job_id, worker_url).json()
     assert answer["statusCode"] == 202, answer
-    return job_id, answer["body"]
+    return job_id, {**answer["body"], "flowRunId": flow_run_id_of(worker_url, job_id, answer["body"])}
 
 
 def test_state_is_private_after_a_worker_start(backend: Backend, make_worker, tmp_path: Path) -> None:

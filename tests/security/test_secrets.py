@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.flows.test_pipeline_flow import flow_run_state
-from tests.support import Backend, WorkerProcess, containers, final_log, statuses, wait_for
+from tests.support import Backend, WorkerProcess, containers, final_log, flow_run_id_of, statuses, wait_for
 
 _HEX = uuid.uuid4().hex
 SECRETS = {
@@ -168,7 +168,7 @@ def test_job_secrets_reach_no_prefect_object_and_no_log(backend: Backend, worker
     assert statuses(record) == ["RUNNING", "SUCCESS"], final_log(record)
     assert record["logChunks"], "live chunks are a sink too"
     assert_job_log_masked(record)
-    flow_run_id = httpx.get(f"{worker.url}/api/job/{job_id}").json()["flowRunId"]
+    flow_run_id = flow_run_id_of(worker.url, job_id, {})
     objects = prefect_objects(flow_run_id, since)
     assert objects["flow run"]["parameters"] == {"job_execution_id": job_id}
     assert [run["name"] for run in objects["task runs"]] == ["secretive"]

@@ -8,7 +8,7 @@ import uuid
 
 import httpx
 
-from tests.support import Backend, WorkerProcess, containers, final_log, statuses, wait_for
+from tests.support import Backend, WorkerProcess, containers, final_log, flow_run_id_of, statuses, wait_for
 
 
 def run_one(backend: Backend, worker: WorkerProcess, timeout: float = 60.0, **job: object) -> dict:
@@ -17,10 +17,7 @@ def run_one(backend: Backend, worker: WorkerProcess, timeout: float = 60.0, **jo
     answer = backend.push_job(job_id, worker.url).json()
     assert answer["statusCode"] == 202, answer
     assert answer["body"]["jobExecutionId"] == job_id
-    # In the answer when Prefect wrote it within WORKER_FLOW_RUN_ID_WAIT_SECONDS, else in the worker's view later.
-    flow_run_id = answer["body"]["flowRunId"] or wait_for(
-        lambda: httpx.get(f"{worker.url}/api/job/{job_id}").json()["flowRunId"], 30, 0.2, "the job's flow run id")
-    uuid.UUID(flow_run_id)
+    uuid.UUID(flow_run_id_of(worker.url, job_id, answer["body"]))
     return backend.wait_final(job_id, timeout)
 
 
@@ -84,14 +81,16 @@ def test_same_execute_twice_runs_once(backend: Backend, worker: WorkerProcess) -
     first = backend.push_job(job_id, worker.url).json()
     second = backend.push_job(job_id, worker.url).json()
     assert (first["statusCode"], second["statusCode"]) == (202, 200)
-    assert first["body"]["flowRunId"] == second["body"]["flowRunId"]
+    named = {first["body"]["flowRunId"], second["body"]["flowRunId"]} - {None}  # null while Prefect is slow
+    assert len(named) <= 1, (first, second)
     record = backend.wait_final(job_id)
     third = backend.push_job(job_id, worker.url).json()
     assert third["statusCode"] == 200
     assert statuses(record) == ["RUNNING", "SUCCESS"]
     assert statuses(backend.job(job_id)) == ["RUNNING", "SUCCESS"]
+    flow_run_id = flow_run_id_of(worker.url, job_id, first["body"])
     view = httpx.get(f"{worker.url}/api/job/{job_id}").json()
-    assert view["status"] == "SUCCESS" and view["flowRunId"] == first["body"]["flowRunId"]
+    assert view["status"] == "SUCCESS" and view["flowRunId"] == flow_run_id and named <= {flow_run_id}
 
 
 def test_failed_dependency_cancels_without_running(backend: Backend, worker: WorkerProcess, docker_client) -> None:
