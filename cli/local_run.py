@@ -160,6 +160,7 @@ def _progress(pipeline: PipelineFile, pipeline_id: str, services: Services, outp
 def _execute(pipeline: PipelineFile, pipeline_id: str, run_dir: Path, progress: PipelineProgress,
              output: JobOutput, reuse: Reuse) -> Any:
     from flows.pipeline_flow import PipelineStart, execute_pipeline, hand_over_pipeline
+    from flows.prefect_writes import without_heartbeats
 
     output.emit(f"running pipeline {printable(pipeline.name)!r} ({len(pipeline.jobs)} jobs); output in {run_dir}")
     with progress:
@@ -167,7 +168,8 @@ def _execute(pipeline: PipelineFile, pipeline_id: str, run_dir: Path, progress: 
         # The seed is a host path: handed to the flow in this process, never a flow-run parameter.
         hand_over_pipeline(pipeline_id, PipelineStart(seed_directory=pipeline.path.resolve().parent,
                                                       reuse=not reuse.no_cache))
-        return named(pipeline_id, return_state=True)
+        with without_heartbeats():
+            return named(pipeline_id, return_state=True)
 
 
 def _log_paths(logs_dir: Path) -> Callable[[str], Path]:

@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     log_max_line_chars: int = Field(default=65536, ge=80, description="longer lines are split, not lost")
     log_chunk_bytes: int = Field(default=65536, ge=1024, description="live log chunk size to the backend")
     log_chunk_interval_seconds: float = Field(default=1.0, gt=0, description="live log chunk at least this often")
-    prefect_log_max_bytes: int = Field(default=5_000_000, ge=0, description="job output sent to the Prefect UI")
+    prefect_log_max_bytes: int = Field(default=2_000_000, ge=0, description="job output sent to the Prefect UI")
     secret_env_patterns: list[str] = Field(
         default=["*TOKEN*", "*SECRET*", "*PASSWORD*", "*PASS*", "*KEY*", "*PAT*", "*CREDENTIAL*", "*PRIVATE*",
                  "*AUTH*"],

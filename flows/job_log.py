@@ -49,7 +49,7 @@ class JobLog:
     """
 
     def __init__(self, tail_bytes: int = 1_000_000, *, secrets: Iterable[str] = (), max_line_chars: int = 65536,
-                 chunk_bytes: int = 65536, prefect_max_bytes: int = 5_000_000,
+                 chunk_bytes: int = 65536, prefect_max_bytes: int = 2_000_000,
                  max_chunk_bytes: int = CATCH_UP_CHUNK_BYTES) -> None:
         self._tail_bytes = tail_bytes
         self._masker = Masker(secrets)

@@ -24,7 +24,7 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import FlowCreate, FlowRunCreate
 from prefect.client.schemas.objects import FlowRun, FlowRunPolicy
 from prefect.context import SettingsContext, get_settings_context
-from prefect.settings import PREFECT_CLIENT_MAX_RETRIES
+from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 from prefect.states import Pending, State, to_state_create
 
 # Delays between attempts at one Prefect write, before jitter (x0.5-1.5): about 3 s in all.
@@ -54,6 +54,16 @@ class SharedPrefectClient:
             client, self._client = self._client, None
         if client is not None:
             client.__exit__(None, None, None)
+
+
+def without_heartbeats() -> SettingsContext:
+    """Prefect settings for a flow run called in this process, without the flow run heartbeat thread: its
+    engine joins that thread at the run's end, which sleeps in 1 s steps (up to a second more per flow run;
+    measured 0.8 s of a warm ``cicd-worker run``), and its heartbeats only serve server-side zombie detection,
+    which start-up recovery does for this worker. Enter the returned context around the flow call."""
+    context = get_settings_context()
+    settings = context.settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+    return SettingsContext(profile=context.profile, settings=settings)
 
 
 def transient(exc: BaseException) -> bool:

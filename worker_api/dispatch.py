@@ -40,7 +40,7 @@ from flows.pipeline_flow import (
 )
 from flows.pipeline_plan import PipelineRun
 from flows.prefect_mirror import PrefectMirror
-from flows.prefect_writes import FlowRunFactory
+from flows.prefect_writes import FlowRunFactory, without_heartbeats
 from flows.services import Services
 from worker_api.dispatcher import Dispatcher
 
@@ -128,7 +128,8 @@ class FlowDispatcher(Dispatcher):
 
     def _run(self, flow: Flow, flow_run: FlowRun, params: dict[str, Any], record: JobRecord | None) -> None:
         def run() -> str:
-            state: Any = run_flow(flow, flow_run=flow_run, parameters=params, return_type="state")
+            with without_heartbeats():
+                state: Any = run_flow(flow, flow_run=flow_run, parameters=params, return_type="state")
             return f"flow run ended {state.name}: {state.message}"
 
         self._run_guarded(f"flow run {flow_run.id} ({flow.name})", record, run)
