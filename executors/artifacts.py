@@ -166,7 +166,7 @@ class _Collector:
         try:
             reader = TarReader(io.BufferedReader(ChunkReader(_budgeted(stream, self)), _COPY_BLOCK))
             while (entry := reader.next()) is not None:
-                relative = _relative(root, entry.name)
+                relative = entry_path(root, entry.name)
                 if relative and not self._entry(reader, entry, relative, root):
                     return
         finally:
@@ -180,7 +180,7 @@ class _Collector:
             elif not self._match(relative):
                 return True
             hard = entry.kind == HARD_LINK  # a hard link names another entry of the same archive
-            self._link_warning(relative, _relative(root, entry.link) if hard else entry.link, hard)
+            self._link_warning(relative, entry_path(root, entry.link) if hard else entry.link, hard)
             return True
         if not entry.is_file or not self._match(relative):
             return True
@@ -252,11 +252,11 @@ def _budgeted(chunks: ArchiveChunks, collector: _Collector) -> Callable[[], byte
     return take
 
 
-def _relative(root: str, name: str) -> str:
-    """An archive entry's path relative to the working directory.
+def entry_path(root: str, name: str) -> str:
+    """An archive entry's path relative to the directory archived from (the working directory, a volume's root).
 
-    The archive of ``root`` names its entries from root's last part (the working directory's own name
-    when ``root`` is ``""``).
+    The archive of ``root`` names its entries from root's last part (the directory's own name when ``root`` is
+    ``""``).
     """
     if not root:
         return name.partition("/")[2]

@@ -20,14 +20,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import posixpath
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from executors.artifact_patterns import ArtifactPattern, archive_roots, parse_patterns
-from executors.artifacts import ArtifactSource, blocked_parent
+from executors.artifacts import ArtifactSource, blocked_parent, entry_path
 from executors.tar_stream import HARD_LINK, SYMLINK, ChunkReader, TarEntry, TarError, TarReader
 
 _READ_BLOCK = 1 << 20
@@ -91,7 +90,7 @@ class _Hashing:
         with contextlib.closing(stream):  # ends the engine's answer even when not read to the end
             reader = TarReader(io.BufferedReader(ChunkReader(self._counted(iter(stream))), _READ_BLOCK))
             for entry in iter(reader.next, None):
-                relative = _relative(root, entry.name)
+                relative = entry_path(root, entry.name)
                 if relative and matches_any(self._patterns, relative):
                     self._hash(reader, entry, relative, root)
 
@@ -103,7 +102,7 @@ class _Hashing:
         elif entry.kind == SYMLINK:
             self.found[relative] = link_hash(entry.link)
         elif entry.kind == HARD_LINK:  # names an earlier entry of the same archive
-            self.found[relative] = self.found.get(_relative(root, entry.link)) or link_hash(entry.link)
+            self.found[relative] = self.found.get(entry_path(root, entry.link)) or link_hash(entry.link)
 
     def _counted(self, chunks: Iterator[bytes]) -> Callable[[], bytes | None]:
         def take() -> bytes | None:
@@ -115,9 +114,3 @@ class _Hashing:
                 raise InputsNotHashed(f"the inputs are over {self._limits.max_bytes} bytes")
             return chunk
         return take
-
-
-def _relative(root: str, name: str) -> str:
-    """An archive entry's path relative to the volume's root (the archive of ``root`` names its entries from
-    root's last part; of the root itself, from the mount point's name)."""
-    return name.partition("/")[2] if not root else posixpath.join(posixpath.dirname(root), name)
